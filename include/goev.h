@@ -1,0 +1,462 @@
+/* goev.h - event-driven TCP servers and clients on Linux, on io_uring or epoll.
+ *
+ * This header is the manual.  Read the overview first, then each function.
+ *
+ * OVERVIEW
+ *
+ *   A goev_reactor owns N pollers.  A poller is one thread with one backend
+ *   instance (an io_uring ring or an epoll fd), one 4-ary timer heap and one
+ *   read buffer (epoll) or provided-buffer ring (io_uring).  Nothing inside a
+ *   poller is locked: every callback of a handler runs on the thread of the
+ *   poller that owns it.
+ *
+ *   The backend is chosen when the reactor is created, from the environment
+ *   variable GOEV_BACKEND = auto (default) | io_uring | epoll.  auto uses
+ *   io_uring when the kernel offers everything goev needs and epoll otherwise;
+ *   asking for io_uring explicitly and not getting it is an error
+ *   (goev_reactor_new fails with the reason), never a silent epoll.  With
+ *   GOEV_DEBUG=1 one line on stderr names the backend chosen and why.
+ *
+ *   An application embeds a goev_handler in its own struct and gives it a
+ *   const vtable (struct goev_handler_ops).  Data is delivered, not polled:
+ *   on_read receives bytes the library has already read.  Writes are copied
+ *   into the connection's output queue and flushed once per loop pass, all of
+ *   one pass's writes to one connection in one system call (epoll) or one
+ *   SEND (io_uring).
+ *
+ * CONVENTIONS
+ *
+ *   - Functions return 0 (or a count) on success and a negative errno on
+ *     failure; they do not set errno.  A function that fails never calls a
+ *     callback later for the work it refused.
+ *   - "Poller thread" means the thread running the poller that owns the
+ *     handler.  Before goev_reactor_run/goev_reactor_start, the thread that
+ *     created the reactor may also call poller-thread functions (to set up
+ *     listeners, connections and timers); once the reactor runs, use
+ *     goev_post to get onto a poller's thread.  The functions marked
+ *     "any thread" are safe everywhere; goev_reactor_stop is also safe in a
+ *     signal handler.
+ *   - The library never raises SIGPIPE (every send uses MSG_NOSIGNAL) and
+ *     never aborts the process because of the network.
+ */
+#ifndef GOEV_H
+#define GOEV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(GOEV_BUILDING) && defined(__GNUC__)
+#define GOEV_EXTERN __attribute__((visibility("default")))
+#else
+#define GOEV_EXTERN
+#endif
+
+#define GOEV_VERSION_MAJOR 0
+#define GOEV_VERSION_MINOR 1
+#define GOEV_VERSION_PATCH 0
+
+typedef struct goev_reactor goev_reactor;
+typedef struct goev_poller goev_poller;
+typedef struct goev_handler goev_handler;
+typedef struct goev_timer goev_timer;
+typedef struct goev_acceptor goev_acceptor;
+
+/* A connection's identity for goev_async_write: poller index, slot and
+ * generation.  A slot's generation changes when its connection closes, so an
+ * old id never reaches a newer connection.  0 is never a valid id. */
+typedef uint64_t goev_conn_id;
+
+/* ------------------------------------------------------------------------ */
+/* Reactor                                                                   */
+
+struct goev_reactor_opts {
+    /* Number of pollers (threads).  0 = number of online CPUs. */
+    int pollers;
+    /* epoll: size of each poller's shared read buffer.  io_uring: size of
+     * one provided buffer.  0 = 64 KiB (epoll) / 4 KiB (io_uring). */
+    size_t read_buf_size;
+    /* io_uring: number of provided buffers per poller (power of two, at
+     * most 32768).  0 = 1024.  Ignored by epoll. */
+    unsigned read_bufs;
+    /* Initial capacity of each poller's timer heap (it grows).  0 = 1024. */
+    unsigned timer_heap_size;
+    /* Non-zero: pin poller i to CPU (cpu_base + i) % CPUs. */
+    int pin_cpus;
+    int cpu_base;
+    /* Upper bound of bytes kept for a handler that does not consume its
+     * input (the unconsumed tail).  Past it the connection is closed with
+     * -EMSGSIZE.  0 = 16 MiB. */
+    size_t max_input;
+};
+
+/* Fill *o with the defaults (all zero).  Any thread. */
+GOEV_EXTERN void goev_reactor_opts_init(struct goev_reactor_opts *o);
+
+/* Create a reactor.  opts may be NULL for the defaults.  Chooses the backend
+ * (see OVERVIEW) and sets up every poller, but starts no thread.
+ * Returns 0 and stores the reactor in *out, or a negative errno:
+ * -EINVAL (bad option or GOEV_BACKEND value), -ENOSYS/-EPERM (GOEV_BACKEND=
+ * io_uring and the kernel refuses it), -ENOMEM, -EMFILE.  On failure the
+ * reason is also available from goev_last_error().  Any thread. */
+GOEV_EXTERN int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts);
+
+/* Run every poller: poller 0 on the calling thread, the others on threads of
+ * their own.  Blocks until goev_reactor_stop, then closes every connection
+ * still open (on_close with -ECANCELED, on its poller's thread), runs the
+ * functions still posted, and joins the threads.  Returns 0, -EALREADY if
+ * the reactor already ran, or a negative errno if a thread could not start.
+ * Call once, from the creating thread. */
+GOEV_EXTERN int goev_reactor_run(goev_reactor *r);
+
+/* Start every poller on a thread of its own and return at once; use
+ * goev_reactor_wait to join them.  Same errors as goev_reactor_run. */
+GOEV_EXTERN int goev_reactor_start(goev_reactor *r);
+
+/* Wait for the pollers started by goev_reactor_start to finish (after
+ * goev_reactor_stop).  Returns 0, or -EINVAL if the reactor was not started.
+ * Not from a poller thread of r. */
+GOEV_EXTERN int goev_reactor_wait(goev_reactor *r);
+
+/* Ask every poller to stop after its current pass.  Returns 0.  Any thread,
+ * and async-signal-safe (it stores a flag and writes to eventfds). */
+GOEV_EXTERN int goev_reactor_stop(goev_reactor *r);
+
+/* Free the reactor.  If it has run, call after goev_reactor_run returned or
+ * goev_reactor_wait returned.  If it never ran, every connection, listener
+ * and watch registered on it is closed here, on this thread, and on_close is
+ * called for each.  Acceptors of r must be freed first.  NULL is a no-op. */
+GOEV_EXTERN void goev_reactor_free(goev_reactor *r);
+
+/* "io_uring" or "epoll": the backend r uses.  Any thread. */
+GOEV_EXTERN const char *goev_backend_name(const goev_reactor *r);
+
+/* Why that backend was chosen, e.g. "GOEV_BACKEND=auto: io_uring ready
+ * (SINGLE_ISSUER|DEFER_TASKRUN)" or "auto: io_uring_setup: Operation not
+ * permitted; using epoll".  Static storage owned by r.  Any thread. */
+GOEV_EXTERN const char *goev_backend_reason(const goev_reactor *r);
+
+/* The reason the last goev_reactor_new on this thread failed ("" if none).
+ * Thread-local storage owned by the library. */
+GOEV_EXTERN const char *goev_last_error(void);
+
+/* Number of pollers of r.  Any thread. */
+GOEV_EXTERN int goev_poller_count(const goev_reactor *r);
+
+/* Poller i of r (0 <= i < count), or NULL.  Any thread. */
+GOEV_EXTERN goev_poller *goev_reactor_poller(goev_reactor *r, int i);
+
+/* The poller whose thread is calling, or NULL when called from a thread that
+ * runs no poller. */
+GOEV_EXTERN goev_poller *goev_current_poller(void);
+
+/* Index of p in its reactor, and the reactor.  Any thread. */
+GOEV_EXTERN int goev_poller_index(const goev_poller *p);
+GOEV_EXTERN goev_reactor *goev_poller_reactor(goev_poller *p);
+
+/* Cached monotonic time of the poller's current pass, in milliseconds.
+ * Poller thread. */
+GOEV_EXTERN uint64_t goev_poller_now_ms(const goev_poller *p);
+
+/* Run fn(p, arg) on p's thread, at its next loop pass.  Functions posted to
+ * one poller run in the order they were posted.  If the reactor stops first,
+ * they still run, during the stop.  Returns 0 or -ENOMEM.  Any thread. */
+typedef void (*goev_post_fn)(goev_poller *p, void *arg);
+GOEV_EXTERN int goev_post(goev_poller *p, goev_post_fn fn, void *arg);
+
+/* goev_post to every poller of r (fn runs once per poller, each on its own
+ * thread, all with the same arg).  Returns 0 or -ENOMEM (in which case it
+ * may have been posted to some pollers).  Any thread. */
+GOEV_EXTERN int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg);
+
+/* Poller-local storage: GOEV_LOCAL_SLOTS pointers per poller, NULL at first,
+ * for per-thread caches.  The library never reads or frees them.  Poller
+ * thread (use goev_post / goev_broadcast to set them from outside). */
+#define GOEV_LOCAL_SLOTS 16
+GOEV_EXTERN void *goev_poller_local(goev_poller *p, unsigned slot);
+GOEV_EXTERN void goev_poller_set_local(goev_poller *p, unsigned slot, void *value);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics                                                               */
+
+/* Per-poller counters.  Each is written only by its poller and read with
+ * relaxed atomics, so a snapshot is consistent per counter, not across them.
+ * sys_* count system calls made by the library on that poller. */
+struct goev_stats {
+    uint64_t passes;        /* loop passes */
+    uint64_t events;        /* readiness events (epoll) or CQEs (io_uring) handled */
+    uint64_t sys_wait;      /* epoll_wait / io_uring_enter that waited */
+    uint64_t sys_submit;    /* io_uring_enter that only submitted (SQ full) */
+    uint64_t sys_read;      /* read/recv */
+    uint64_t sys_write;     /* write/writev/send */
+    uint64_t sys_accept;    /* accept4 */
+    uint64_t sys_ctl;       /* epoll_ctl */
+    uint64_t sys_other;     /* close, shutdown, socket, connect, setsockopt, eventfd ... */
+    uint64_t cqes;          /* io_uring: CQEs reaped */
+    uint64_t enobufs;       /* io_uring: recv ended for lack of provided buffers (re-armed) */
+    uint64_t rearms;        /* io_uring: multishot recv/accept/poll re-armed */
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t accepted;      /* connections accepted by listeners on this poller */
+    uint64_t conns;         /* connections currently open on this poller */
+    uint64_t async_dropped; /* goev_async_write messages whose connection had gone */
+    uint64_t accept_backoffs; /* times accepting paused for EMFILE/ENFILE/ENOBUFS/ENOMEM */
+};
+
+/* Copy poller i's counters into *out (i = -1: the sum over all pollers).
+ * Returns 0 or -EINVAL.  Any thread. */
+GOEV_EXTERN int goev_stats_get(goev_reactor *r, int i, struct goev_stats *out);
+
+/* ------------------------------------------------------------------------ */
+/* Handlers                                                                 */
+
+/* Readiness bits for raw fd watches (goev_watch) and on_ready. */
+#define GOEV_READ  0x1u
+#define GOEV_WRITE 0x2u
+#define GOEV_ERROR 0x4u  /* on_ready only: error or hang-up on the fd */
+
+/* The callbacks of a handler.  Every member may be NULL unless said
+ * otherwise.  All run on the poller thread of the handler.  A callback that
+ * returns a negative value closes the handler (with that value as the
+ * reason passed to on_close). */
+struct goev_handler_ops {
+    /* A connection is ready (accepted, connected, or adopted with
+     * goev_conn_open).  Return 0, or < 0 to close it. */
+    int (*on_open)(goev_handler *h);
+
+    /* Bytes arrived.  data is valid only during the call.  Return how many
+     * bytes were consumed (0..len); the unconsumed tail is kept by the
+     * library and presented again, in front of the next bytes.  Return < 0
+     * to close.  Required for stream connections. */
+    ssize_t (*on_read)(goev_handler *h, const char *data, size_t len);
+
+    /* The peer closed its side (EOF).  Return 0 to keep the connection
+     * half-open (you may still write; call goev_close when done), or < 0 to
+     * close.  If NULL, the connection is closed gracefully: what is queued
+     * is sent first. */
+    int (*on_eof)(goev_handler *h);
+
+    /* The output queue became empty after the kernel had not taken it all
+     * at once (back-pressure relieved).  Return 0 or < 0 to close. */
+    int (*on_drained)(goev_handler *h);
+
+    /* A timer of this handler expired (t is the timer; a periodic one is
+     * already rescheduled).  Return 0 or < 0 to close. */
+    int (*on_timeout)(goev_handler *h, goev_timer *t);
+
+    /* goev_connect failed: err is a negative errno (-ETIMEDOUT,
+     * -ECONNREFUSED, -ENETUNREACH, -EHOSTUNREACH, ...).  on_close follows. */
+    void (*on_connect_fail)(goev_handler *h, int err);
+
+    /* A watched raw fd is ready: events is a mask of GOEV_READ, GOEV_WRITE,
+     * GOEV_ERROR.  Level-triggered: it is called again while the condition
+     * holds.  Return 0 or < 0 to close (which closes the fd too unless the
+     * watch was made with GOEV_WATCH_KEEP_FD). */
+    int (*on_ready)(goev_handler *h, unsigned events);
+
+    /* The handler is finished: called exactly once, always last, for every
+     * handler that was opened, connected, watched or given a timer.  reason
+     * is 0 for a normal close (goev_close, EOF), or a negative errno
+     * (-ECONNRESET, -ETIMEDOUT, -ECANCELED at reactor stop, or what a
+     * callback returned).  The fd is closed already; the memory of the
+     * handler (and its timers) may be freed here. */
+    void (*on_close)(goev_handler *h, int reason);
+};
+
+/* Embed one of these in your own struct (container_of gets you back) and
+ * initialise it with goev_handler_init.  The fields are private. */
+struct goev_handler {
+    const struct goev_handler_ops *ops;
+    void *user;                 /* free for the application */
+    goev_poller *poller_;       /* owning poller, set on first use */
+    struct goev__conn *conn_;   /* connection state, NULL if none */
+    goev_timer *timers_;        /* timers of this handler */
+    uint32_t flags_;
+};
+
+/* Initialise h with its vtable.  Any thread (before h is used). */
+GOEV_EXTERN void goev_handler_init(goev_handler *h, const struct goev_handler_ops *ops);
+
+/* The poller that owns h (NULL before it is attached).  Poller thread. */
+GOEV_EXTERN goev_poller *goev_handler_poller(const goev_handler *h);
+
+/* Id of h's connection for goev_async_write (0 if h has none).
+ * Poller thread. */
+GOEV_EXTERN goev_conn_id goev_handler_id(const goev_handler *h);
+
+/* The socket (or watched fd) of h, or -1.  Do not close it yourself; reading
+ * from it behind the library's back loses data on io_uring.  Poller thread. */
+GOEV_EXTERN int goev_handler_fd(const goev_handler *h);
+
+/* Close h.  Reading stops at once; what is queued for output is still sent
+ * (a peer that never reads keeps the connection until it resets or you call
+ * goev_abort); then the fd is closed, the timers are cancelled and on_close
+ * is called with reason 0, later in the same loop pass or a later one -
+ * never from inside goev_close.  Closing a handler twice is harmless.
+ * Returns 0, or -EINVAL if h was never attached.  Poller thread. */
+GOEV_EXTERN int goev_close(goev_handler *h);
+
+/* Close h now, dropping what is queued for output.  on_close follows with
+ * reason -ECONNABORTED, as for goev_close.  Poller thread. */
+GOEV_EXTERN int goev_abort(goev_handler *h);
+
+/* ------------------------------------------------------------------------ */
+/* Connections                                                              */
+
+/* Adopt a connected stream socket fd (TCP or unix) on poller p.  The library
+ * makes it non-blocking, owns it from now on (closes it at the end), calls
+ * on_open and starts reading.  Returns 0, -EINVAL (h already in use, no
+ * on_read), -ENOMEM; on failure fd is left open and h untouched.
+ * Poller thread of p. */
+GOEV_EXTERN int goev_conn_open(goev_poller *p, goev_handler *h, int fd);
+
+/* Queue len bytes for output.  The bytes are copied; all writes of one loop
+ * pass to one connection leave in one system call at the end of the pass.
+ * Returns 0, -ENOTCONN (closing, shut down or no connection), -ENOMEM.
+ * Poller thread. */
+GOEV_EXTERN int goev_write(goev_handler *h, const void *data, size_t len);
+
+/* Bytes queued for output and not yet taken by the kernel.  Use it for
+ * back-pressure: stop producing past your limit and resume in on_drained.
+ * Poller thread. */
+GOEV_EXTERN size_t goev_pending(const goev_handler *h);
+
+/* Stop delivering input (bytes stay in the kernel: TCP pushes back on the
+ * peer), and resume it.  Resuming presents a kept tail again even if no new
+ * byte came.  Return 0 or -ENOTCONN.  Poller thread. */
+GOEV_EXTERN int goev_pause_read(goev_handler *h);
+GOEV_EXTERN int goev_resume_read(goev_handler *h);
+
+/* Half-close: once the output queue is empty, shut the write side down
+ * (the peer sees EOF) and refuse further writes; reading goes on.
+ * Returns 0 or -ENOTCONN.  Poller thread. */
+GOEV_EXTERN int goev_shutdown(goev_handler *h);
+
+/* Write to the connection named by id from any thread.  The bytes are
+ * copied and handed to the owning poller; async writes to one connection
+ * are delivered in the order they were made, each queued as by goev_write
+ * and flushed at the end of that poller's pass.  Returns 0, -ENOTCONN if the
+ * connection is already known to be gone, -EINVAL for a malformed id,
+ * -ENOMEM.  A connection that closes after the call but before delivery
+ * drops the bytes (counted in goev_stats.async_dropped); the call never
+ * touches freed memory.  Any thread. */
+GOEV_EXTERN int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* Addresses                                                                */
+
+/* Address strings understood by the acceptor and connector:
+ *   "1.2.3.4:80"   IPv4        ":80"          all IPv4 interfaces
+ *   "[::1]:80"     IPv6        "unix:/path"   unix stream socket
+ * Numeric only (no name lookups: they would block the poller). */
+
+/* ------------------------------------------------------------------------ */
+/* Acceptor                                                                 */
+
+struct goev_acceptor_opts {
+    int backlog;        /* listen backlog; 0 = 4096 */
+    int reuseaddr;      /* SO_REUSEADDR; default on (the opts_init value 1) */
+    int reuseport;      /* SO_REUSEPORT with one listener per poller of the
+                           accepting reactor; each accepts for itself */
+    int rcvbuf;         /* SO_RCVBUF on the listener (inherited); 0 = leave */
+    int no_nodelay;     /* non-zero: do not set TCP_NODELAY (default: set) */
+    int backoff_ms;     /* pause after EMFILE/ENFILE/ENOBUFS/ENOMEM; 0 = 100 */
+    int unlink_unix;    /* unix: unlink a stale socket file first; default 1 */
+};
+
+/* Defaults: backlog 4096, reuseaddr 1, unlink_unix 1, the rest 0. */
+GOEV_EXTERN void goev_acceptor_opts_init(struct goev_acceptor_opts *o);
+
+/* Make a handler for a new connection on poller p (on p's thread).  Return
+ * an initialised handler, or NULL to refuse (the socket is closed). */
+typedef goev_handler *(*goev_new_handler_fn)(goev_poller *p, void *arg);
+
+/* Listen on addr.  Connections are accepted by poller 0 of accept_r (or, with
+ * reuseport, by every poller of accept_r) and handed round-robin to the
+ * pollers of conn_r (which may be accept_r), where new_handler and on_open
+ * run.  On EMFILE/ENFILE/ENOBUFS/ENOMEM a listener stops accepting for
+ * backoff_ms instead of spinning.  Returns 0 and *out, or -EINVAL (bad
+ * address), -EADDRINUSE, -EACCES, -ENOMEM ...  Bind errors are reported here,
+ * synchronously.  Call before the reactors run, from the creating thread. */
+GOEV_EXTERN int goev_acceptor_new(goev_acceptor **out, goev_reactor *accept_r,
+                                  goev_reactor *conn_r, const char *addr,
+                                  const struct goev_acceptor_opts *opts,
+                                  goev_new_handler_fn new_handler, void *arg);
+
+/* The port actually bound (useful with port 0), or 0 for unix sockets. */
+GOEV_EXTERN int goev_acceptor_port(const goev_acceptor *a);
+
+/* Close the listening sockets and free a.  Call after the reactors stopped
+ * (or before they ran).  Connections already accepted are not affected.
+ * A unix socket file is removed.  NULL is a no-op. */
+GOEV_EXTERN void goev_acceptor_free(goev_acceptor *a);
+
+/* ------------------------------------------------------------------------ */
+/* Connector                                                                */
+
+/* Connect to addr from poller p without blocking.  On success on_open is
+ * called and the connection works as an accepted one; on failure, or if
+ * timeout_ms (> 0) passes first, on_connect_fail(h, err) then on_close(h,
+ * err).  Returns 0 (the outcome comes through callbacks), or -EINVAL (bad
+ * address, h in use), -ENOMEM, -EMFILE, or an immediate connect error; on
+ * failure no callback is called.  Poller thread of p. */
+GOEV_EXTERN int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms);
+
+/* ------------------------------------------------------------------------ */
+/* Raw fd watches                                                           */
+
+#define GOEV_WATCH_KEEP_FD 0x100u  /* do not close the fd when the handler closes */
+
+/* Watch fd (eventfd, pipe, timerfd, signalfd, UDP socket...) for readiness
+ * on poller p; events = GOEV_READ and/or GOEV_WRITE, optionally with
+ * GOEV_WATCH_KEEP_FD.  on_ready (required) is called while the fd is ready.
+ * goev_close(h) ends the watch.  Returns 0, -EINVAL, -ENOMEM, -EEXIST.
+ * Poller thread of p. */
+GOEV_EXTERN int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned events);
+
+/* Change the events of a watch (GOEV_READ and/or GOEV_WRITE; 0 = none for
+ * now).  Returns 0 or -EINVAL.  Poller thread. */
+GOEV_EXTERN int goev_watch_update(goev_handler *h, unsigned events);
+
+/* ------------------------------------------------------------------------ */
+/* Timers                                                                   */
+
+/* Embed a goev_timer anywhere (usually next to its handler).  The fields are
+ * private; `user` is free for the application. */
+struct goev_timer {
+    uint64_t when_;         /* expiry, poller milliseconds */
+    uint64_t period_;       /* 0 = one-shot */
+    uint32_t idx_;          /* position in the heap, UINT32_MAX when idle */
+    goev_handler *h_;
+    goev_timer *prev_, *next_;
+    void *user;
+};
+
+/* Initialise t (idle).  Any thread, before first use. */
+GOEV_EXTERN void goev_timer_init(goev_timer *t);
+
+/* Schedule t for h on poller p: on_timeout(h, t) after delay_ms, then every
+ * period_ms if period_ms > 0.  h is attached to p if it was not attached
+ * yet (a handler with only timers is closed with goev_close like any other).
+ * Restarting a scheduled timer reschedules it.  A handler may own any number
+ * of timers; closing the handler cancels them.  O(log n).  Returns 0,
+ * -EINVAL (h owned by another poller, h closing), -ENOMEM.  Poller thread. */
+GOEV_EXTERN int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
+                                 uint64_t delay_ms, uint64_t period_ms);
+
+/* Cancel t; it will not fire (not even if it expired in the current pass).
+ * O(log n).  Cancelling an idle timer is harmless.  Returns 0.
+ * Poller thread. */
+GOEV_EXTERN int goev_timer_cancel(goev_timer *t);
+
+/* Non-zero if t is scheduled.  Poller thread. */
+GOEV_EXTERN int goev_timer_active(const goev_timer *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GOEV_H */

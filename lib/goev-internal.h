@@ -1,0 +1,329 @@
+/* goev-internal.h - what the core and the backends share.  Not installed.
+ *
+ * The seam: a backend is one `const struct goev__backend` (backends/epoll.c,
+ * backends/io_uring.c); the core calls it through p->be, and the backend
+ * calls back into the core through the goev__on_* functions below.  Nothing
+ * outside backends/ includes <sys/epoll.h> or <liburing.h>. */
+#ifndef GOEV_INTERNAL_H
+#define GOEV_INTERNAL_H
+
+#define GOEV_BUILDING 1
+#include "goev.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define GOEV__HIDDEN __attribute__((visibility("hidden")))
+#define GOEV__LIKELY(x) __builtin_expect(!!(x), 1)
+#define GOEV__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define goev__container_of(ptr, type, member) \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Counters: written by one poller, read anywhere with relaxed loads. */
+#define GOEV__STAT_ADD(p, field, n) \
+    __atomic_store_n(&(p)->stats.field, (p)->stats.field + (n), __ATOMIC_RELAXED)
+#define GOEV__STAT_INC(p, field) GOEV__STAT_ADD(p, field, 1)
+
+/* ---- buffers ------------------------------------------------------------ */
+
+/* Size-class allocator, one per poller, no locks.  Classes are powers of two
+ * from 64 B to 1 MiB; larger blocks go straight to malloc.  Freed blocks are
+ * kept on per-class free lists up to a byte budget. */
+#define GOEV__POOL_MIN_SHIFT 6
+#define GOEV__POOL_MAX_SHIFT 20
+#define GOEV__POOL_CLASSES (GOEV__POOL_MAX_SHIFT - GOEV__POOL_MIN_SHIFT + 1)
+
+struct goev__pool {
+    void *free[GOEV__POOL_CLASSES];
+    size_t kept;    /* bytes on the free lists */
+    size_t budget;  /* most bytes kept */
+};
+
+GOEV__HIDDEN void goev__pool_init(struct goev__pool *pl, size_t budget);
+GOEV__HIDDEN void goev__pool_fini(struct goev__pool *pl);
+/* Block of at least n bytes; *cap gets its real size.  NULL on ENOMEM. */
+GOEV__HIDDEN void *goev__pool_get(struct goev__pool *pl, size_t n, size_t *cap);
+GOEV__HIDDEN void goev__pool_put(struct goev__pool *pl, void *b, size_t cap);
+
+/* ---- output queue -------------------------------------------------------- */
+
+/* A connection's output: a FIFO of chunks.  Bytes [off, len) of the head
+ * chunk are the next to go.  A backend may have the first `inflight` bytes
+ * in the kernel (io_uring SEND): they are neither moved nor freed until
+ * goev__outq_consume says so; appends only touch bytes past them. */
+struct goev__chunk {
+    struct goev__chunk *next;
+    uint32_t off, len, cap;
+    char data[];
+};
+
+struct goev__outq {
+    struct goev__chunk *head, *tail;
+    size_t bytes;       /* queued, not yet consumed */
+    size_t inflight;    /* handed to the kernel, completion pending */
+};
+
+GOEV__HIDDEN int goev__outq_append(struct goev__pool *pl, struct goev__outq *q,
+                                   const void *data, size_t len);
+/* Fill up to max iovecs with queued bytes, starting `skip` bytes in (skip =
+ * q->inflight for io_uring).  Returns the count; *bytes gets their sum. */
+GOEV__HIDDEN int goev__outq_iov(const struct goev__outq *q, size_t skip,
+                                struct iovec *iov, int max, size_t *bytes);
+/* Drop n bytes from the front, freeing emptied chunks. */
+GOEV__HIDDEN void goev__outq_consume(struct goev__pool *pl, struct goev__outq *q, size_t n);
+GOEV__HIDDEN void goev__outq_clear(struct goev__pool *pl, struct goev__outq *q);
+
+/* ---- timers -------------------------------------------------------------- */
+
+/* 4-ary min-heap of timers ordered by when_; each timer knows its index, so
+ * removal is O(log n). */
+struct goev__heap {
+    goev_timer **a;
+    uint32_t n, cap;
+};
+
+GOEV__HIDDEN int goev__heap_init(struct goev__heap *hp, uint32_t cap);
+GOEV__HIDDEN void goev__heap_fini(struct goev__heap *hp);
+GOEV__HIDDEN int goev__heap_push(struct goev__heap *hp, goev_timer *t);
+GOEV__HIDDEN void goev__heap_remove(struct goev__heap *hp, goev_timer *t);
+/* Earliest timer, or NULL. */
+static inline goev_timer *goev__heap_top(const struct goev__heap *hp)
+{
+    return hp->n ? hp->a[0] : NULL;
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+enum goev__kind { GOEV__K_NONE, GOEV__K_STREAM, GOEV__K_WATCH };
+
+/* conn->flags */
+enum {
+    GOEV__C_OPEN        = 1u << 0,  /* on_open done, data flows */
+    GOEV__C_CONNECTING  = 1u << 1,  /* goev_connect in progress */
+    GOEV__C_PAUSED      = 1u << 2,  /* application paused reading */
+    GOEV__C_EOF         = 1u << 3,  /* peer closed its side */
+    GOEV__C_SHUT_WANT   = 1u << 4,  /* shut write side once drained */
+    GOEV__C_SHUT_DONE   = 1u << 5,
+    GOEV__C_CLOSE_WANT  = 1u << 6,  /* goev_close: close once drained */
+    GOEV__C_CLOSING     = 1u << 7,  /* backend is tearing down */
+    GOEV__C_DIRTY       = 1u << 8,  /* on the poller's flush list */
+    GOEV__C_BLOCKED     = 1u << 9,  /* a flush did not take all: on_drained due */
+    GOEV__C_PENDING     = 1u << 10, /* on the pending list (tail re-present) */
+    GOEV__C_IN_CB       = 1u << 11, /* inside on_read (re-entrancy guard) */
+    GOEV__C_KEEP_FD     = 1u << 12, /* watch: do not close the fd */
+    GOEV__C_DEAD        = 1u << 13, /* on_close called; slot free */
+};
+
+struct goev__conn {
+    goev_handler *h;
+    goev_poller *p;
+    int fd;
+    uint32_t slot, gen;
+    uint32_t flags;
+    uint8_t kind;
+    int close_reason;
+    /* unconsumed input tail */
+    char *in;
+    uint32_t in_len;
+    size_t in_cap;
+    struct goev__outq out;
+    struct goev__conn *dirty_next;  /* flush list link */
+    struct goev__conn *pend_next;   /* pending list link (tail, close) */
+    goev_timer conn_timer;          /* connect timeout */
+    unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
+    /* backend-private state */
+    union {
+        struct { uint32_t events; } ep;
+        struct {
+            uint16_t inflight;      /* ops whose CQE has not come back */
+            uint8_t recv_armed, send_armed, poll_armed, cancel_sent, close_sent;
+            uint8_t connect_armed;
+            struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
+            struct msghdr msg;
+        } ur;
+    } b;
+};
+
+/* Connections live in per-poller chunks of slots so their addresses stay put;
+ * the slot table is also the connection pool (freed slots are reused). */
+#define GOEV__SLOT_CHUNK 1024
+#define GOEV__MAX_SLOTS (1u << 24)
+
+/* conn id: 8 bits poller | 24 bits slot | 32 bits generation (never 0). */
+static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t gen)
+{
+    return ((uint64_t)poller << 56) | ((uint64_t)slot << 32) | gen;
+}
+
+/* ---- listeners ----------------------------------------------------------- */
+
+struct goev__listener {
+    goev_acceptor *a;
+    goev_poller *p;         /* accepting poller */
+    int fd;
+    int paused;             /* in EMFILE back-off */
+    goev_handler bh;        /* handler owning the back-off timer */
+    goev_timer backoff;
+    union {
+        struct { int registered; } ep;
+        struct { uint8_t armed, cancel_sent; } ur;
+    } b;
+};
+
+/* ---- cross-thread messages --------------------------------------------- */
+
+enum goev__msg_kind { GOEV__M_POST, GOEV__M_WRITE, GOEV__M_HANDOFF };
+
+struct goev__msg {
+    struct goev__msg *next;
+    uint8_t kind;
+    union {
+        struct { goev_post_fn fn; void *arg; } post;
+        struct { goev_conn_id id; size_t len; } write;  /* data follows */
+        struct { int fd; goev_acceptor *a; } handoff;
+    } u;
+    char data[];
+};
+
+/* Multi-producer queue: a mutex-protected list swapped out whole by the
+ * consumer.  The producer that makes it non-empty wakes the poller. */
+struct goev__mq {
+    pthread_mutex_t mu;
+    struct goev__msg *head, **tailp;
+};
+
+/* ---- backend seam -------------------------------------------------------- */
+
+struct goev__backend {
+    const char *name;
+    /* Can this backend run here?  0, or a negative errno with a reason
+     * written to why.  Called once per reactor, on the creating thread. */
+    int (*probe)(char *why, size_t whylen);
+    /* Set up / tear down one poller's instance.  init runs on the creating
+     * thread; thread_start on the poller's own thread before its loop. */
+    int (*poller_init)(goev_poller *p);
+    int (*thread_start)(goev_poller *p);
+    /* On the poller thread, at stop, after every connection was released:
+     * end the backend's own ops (wake-up read, accepts) and wait for their
+     * completions, so that no kernel op outlives the poller's memory. */
+    void (*thread_stop)(goev_poller *p);
+    void (*poller_fini)(goev_poller *p);
+    /* Stream connection: start reading (also after goev_resume_read), stop
+     * reading (goev_pause_read). */
+    int (*conn_start)(struct goev__conn *c);
+    void (*conn_pause)(struct goev__conn *c);
+    /* Push c's output queue to the kernel (end of pass, c is dirty). */
+    void (*flush)(struct goev__conn *c);
+    /* Begin tearing c down: stop every op; when none is left, close the fd
+     * (unless KEEP_FD) and call goev__on_released(c). */
+    void (*conn_close)(struct goev__conn *c);
+    /* Raw watch: set the wanted events (0 = none). */
+    int (*watch)(struct goev__conn *c, unsigned events);
+    /* Listener: start / stop accepting. */
+    int (*listen_start)(struct goev__listener *l);
+    void (*listen_stop)(struct goev__listener *l);
+    /* Start a non-blocking connect of c->fd (already a non-blocking socket)
+     * to sa; the outcome comes as goev__on_connected. */
+    int (*connect)(struct goev__conn *c, const struct sockaddr *sa, socklen_t len);
+    /* Wake p from another thread (async-signal-safe). */
+    void (*wake)(goev_poller *p);
+    /* Wait for events up to timeout_ms (-1 = forever, 0 = poll) and
+     * dispatch them through goev__on_*.  Submits pending work in the same
+     * call where the backend allows it.  Returns 0 or a negative errno. */
+    int (*wait)(goev_poller *p, int timeout_ms);
+};
+
+GOEV__HIDDEN extern const struct goev__backend goev__epoll_backend;
+#ifdef GOEV_HAVE_URING
+GOEV__HIDDEN extern const struct goev__backend goev__uring_backend;
+#endif
+
+/* ---- poller / reactor ---------------------------------------------------- */
+
+struct goev_poller {
+    goev_reactor *r;
+    const struct goev__backend *be;
+    int idx;
+    pthread_t thread;
+    uint64_t now_ms;
+    struct goev__heap timers;
+    struct goev__pool pool;
+    /* slot table */
+    struct goev__conn **chunks;
+    uint32_t nchunks, nslots;
+    uint32_t *free_slots;
+    uint32_t nfree;
+    /* end-of-pass lists */
+    struct goev__conn *dirty;
+    struct goev__conn *pending;
+    /* cross-thread */
+    struct goev__mq mq;
+    int wake_fd;                /* eventfd */
+    int sleeping;               /* atomic: 1 while blocked in wait */
+    /* backend instance */
+    void *bd;
+    char *rbuf;                 /* epoll: shared read buffer */
+    size_t rbuf_size;
+    unsigned rbufs;             /* io_uring: provided buffer count */
+    void *local[GOEV_LOCAL_SLOTS];
+    uint32_t rr_next;           /* acceptor: next target */
+    struct goev_stats stats;
+};
+
+struct goev_reactor {
+    const struct goev__backend *be;
+    goev_poller *pollers;
+    int npollers;
+    int stop;                   /* atomic */
+    int state;                  /* 0 new, 1 running, 2 done */
+    struct goev_reactor_opts opts;
+    char reason[192];
+    pthread_t *threads;
+    int started_async;
+};
+
+/* ---- core entry points for backends ------------------------------------- */
+
+/* Bytes read for c (a stream): delivered to on_read with the kept tail. */
+GOEV__HIDDEN void goev__on_data(struct goev__conn *c, const char *data, size_t len);
+/* EOF from the peer. */
+GOEV__HIDDEN void goev__on_eof(struct goev__conn *c);
+/* A fatal error on c (negative errno): closes it. */
+GOEV__HIDDEN void goev__on_error(struct goev__conn *c, int err);
+/* n bytes of c's output were taken by the kernel (consumes them from the
+ * queue; fires on_drained / shutdown / deferred close when it empties).
+ * `blocked` is true if the kernel did not take all that was offered. */
+GOEV__HIDDEN void goev__on_sent(struct goev__conn *c, size_t n, bool blocked);
+/* Connect finished: err 0 or a negative errno. */
+GOEV__HIDDEN void goev__on_connected(struct goev__conn *c, int err);
+/* Raw watch ready. */
+GOEV__HIDDEN void goev__on_ready(struct goev__conn *c, unsigned events);
+/* The backend is done with c (no op in flight, fd closed). */
+GOEV__HIDDEN void goev__on_released(struct goev__conn *c);
+/* Listener l accepted fd (>= 0), or failed with err (< 0). */
+GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
+GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
+/* The poller's wake eventfd fired (the backend has already reset it). */
+GOEV__HIDDEN void goev__on_wake(goev_poller *p);
+
+/* Look a slot up (NULL if free). */
+GOEV__HIDDEN struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot);
+/* Mark c for flushing at the end of the pass. */
+static inline void goev__mark_dirty(struct goev__conn *c)
+{
+    if (!(c->flags & GOEV__C_DIRTY)) {
+        c->flags |= GOEV__C_DIRTY;
+        c->dirty_next = c->p->dirty;
+        c->p->dirty = c;
+    }
+}
+
+/* Address parsing shared by acceptor and connector. */
+GOEV__HIDDEN int goev__parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Time */
+GOEV__HIDDEN uint64_t goev__now_ms(void);
+
+#endif
