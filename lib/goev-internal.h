@@ -114,6 +114,7 @@ enum {
     GOEV__C_IN_CB       = 1u << 11, /* inside on_read (re-entrancy guard) */
     GOEV__C_KEEP_FD     = 1u << 12, /* watch: do not close the fd */
     GOEV__C_DEAD        = 1u << 13, /* on_close called; slot free */
+    GOEV__C_RELEASED    = 1u << 14, /* backend done: on_close due */
 };
 
 struct goev__conn {
@@ -132,6 +133,7 @@ struct goev__conn {
     struct goev__conn *dirty_next;  /* flush list link */
     struct goev__conn *pend_next;   /* pending list link (tail, close) */
     goev_timer conn_timer;          /* connect timeout */
+    goev_handler ih;                /* internal handler of conn_timer (user = c) */
     unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
     /* backend-private state */
     union {
@@ -139,9 +141,17 @@ struct goev__conn {
         struct {
             uint16_t inflight;      /* ops whose CQE has not come back */
             uint8_t recv_armed, send_armed, poll_armed, cancel_sent, close_sent;
-            uint8_t connect_armed;
-            struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
-            struct msghdr msg;
+            uint8_t connect_armed, poll_cancel, released;
+            uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
+            union {
+                struct {
+                    struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
+                    struct msghdr msg;
+                };
+                /* CONNECT target: must outlive the SQE, and no send can be
+                 * in flight before the connect completes. */
+                struct sockaddr_storage addr;
+            };
         } ur;
     } b;
 };
@@ -160,6 +170,7 @@ static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t g
 /* ---- listeners ----------------------------------------------------------- */
 
 struct goev__listener {
+    struct goev__listener *next;    /* the poller's listeners */
     goev_acceptor *a;
     goev_poller *p;         /* accepting poller */
     int fd;
@@ -168,7 +179,7 @@ struct goev__listener {
     goev_timer backoff;
     union {
         struct { int registered; } ep;
-        struct { uint8_t armed, cancel_sent; } ur;
+        struct { uint8_t armed, cancel_sent, want; } ur;
     } b;
 };
 
@@ -268,7 +279,8 @@ struct goev_poller {
     size_t rbuf_size;
     unsigned rbufs;             /* io_uring: provided buffer count */
     void *local[GOEV_LOCAL_SLOTS];
-    uint32_t rr_next;           /* acceptor: next target */
+    struct goev__listener *listeners;
+    uint32_t nlive;             /* slots in use */
     struct goev_stats stats;
 };
 
@@ -307,6 +319,18 @@ GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
 GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
 /* The poller's wake eventfd fired (the backend has already reset it). */
 GOEV__HIDDEN void goev__on_wake(goev_poller *p);
+
+/* Core helpers shared by the files of lib/ */
+GOEV__HIDDEN void goev__conn_close(struct goev__conn *c, int reason);
+GOEV__HIDDEN int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock);
+GOEV__HIDDEN void goev__handoff(goev_poller *p, goev_acceptor *a, int fd);
+GOEV__HIDDEN void goev__run_pending(goev_poller *p);
+GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);
+GOEV__HIDDEN void goev__close_all(goev_poller *p, int reason);
+GOEV__HIDDEN void goev__slots_fini(goev_poller *p);
+GOEV__HIDDEN void goev__run_timers(goev_poller *p);
+GOEV__HIDDEN void goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms);
+GOEV__HIDDEN void goev__listener_shutdown(struct goev__listener *l);
 
 /* Look a slot up (NULL if free). */
 GOEV__HIDDEN struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot);

@@ -1,0 +1,747 @@
+/* conn.c - handlers and their connections: slots, input delivery with the
+ * kept tail, output queue and flushing, close, timers, connector, watches. */
+#include "goev-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- slots ------------------------------------------------------------- */
+
+struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot)
+{
+    if (slot >= p->nslots)
+        return NULL;
+    struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
+    return c->h ? c : NULL;
+}
+
+static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
+{
+    uint32_t slot;
+    if (p->nfree) {
+        slot = p->free_slots[--p->nfree];
+    } else {
+        if (p->nslots >= GOEV__MAX_SLOTS)
+            return NULL;
+        slot = p->nslots;
+        uint32_t ci = slot / GOEV__SLOT_CHUNK;
+        if (!p->chunks[ci]) {
+            struct goev__conn *chunk = calloc(GOEV__SLOT_CHUNK, sizeof *chunk);
+            uint32_t *fs = realloc(p->free_slots, (size_t)(ci + 1) * GOEV__SLOT_CHUNK * sizeof *fs);
+            if (!chunk || !fs) {
+                free(chunk);
+                if (fs)
+                    p->free_slots = fs;
+                return NULL;
+            }
+            p->free_slots = fs;
+            for (uint32_t i = 0; i < GOEV__SLOT_CHUNK; i++)
+                chunk[i].gen = 1;
+            __atomic_store_n(&p->chunks[ci], chunk, __ATOMIC_RELEASE);
+            p->nchunks = ci + 1;
+        }
+        p->nslots++;
+    }
+    struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
+    uint32_t gen = c->gen;
+    memset(c, 0, sizeof *c);
+    c->gen = gen;
+    c->slot = slot;
+    c->p = p;
+    c->h = h;
+    c->fd = -1;
+    goev_timer_init(&c->conn_timer);
+    goev_handler_init(&c->ih, NULL);
+    c->ih.user = c;
+    c->ih.poller_ = p;
+    h->conn_ = c;
+    h->poller_ = p;
+    p->nlive++;
+    return c;
+}
+
+static void slot_free(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    uint32_t gen = c->gen + 1;
+    __atomic_store_n(&c->gen, gen ? gen : 1, __ATOMIC_RELAXED);
+    c->h = NULL;
+    c->flags = GOEV__C_DEAD;
+    p->free_slots[p->nfree++] = c->slot;
+    p->nlive--;
+}
+
+void goev__slots_fini(goev_poller *p)
+{
+    for (uint32_t i = 0; i < p->nchunks; i++) {
+        struct goev__conn *chunk = p->chunks[i];
+        if (!chunk)
+            continue;
+        for (uint32_t k = 0; k < GOEV__SLOT_CHUNK; k++) {
+            free(chunk[k].in);
+            goev__outq_clear(&p->pool, &chunk[k].out);
+        }
+        free(chunk);
+        p->chunks[i] = NULL;
+    }
+    free(p->free_slots);
+    p->free_slots = NULL;
+}
+
+/* Attach h to p, with a new slot or the one its timers already hold. */
+static struct goev__conn *attach(goev_poller *p, goev_handler *h, int kind, int *err)
+{
+    *err = -EINVAL;
+    if (!h || (h->poller_ && h->poller_ != p))
+        return NULL;
+    struct goev__conn *c = h->conn_;
+    if (c) {
+        if (c->kind != GOEV__K_NONE || (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
+            return NULL;
+    } else if (!(c = slot_alloc(p, h))) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    c->kind = (uint8_t)kind;
+    *err = 0;
+    return c;
+}
+
+/* Undo attach() of a handler whose registration failed before any callback:
+ * the handler goes back to how the caller gave it. */
+static void detach(struct goev__conn *c)
+{
+    c->fd = -1;
+    if (c->h->timers_) {        /* keeps its timers: back to a timer slot */
+        c->kind = GOEV__K_NONE;
+        c->flags = 0;
+        return;
+    }
+    goev_handler *h = c->h;
+    slot_free(c);
+    h->conn_ = NULL;
+    h->poller_ = NULL;
+}
+
+/* ---- handlers ---------------------------------------------------------- */
+
+void goev_handler_init(goev_handler *h, const struct goev_handler_ops *ops)
+{
+    memset(h, 0, sizeof *h);
+    h->ops = ops;
+}
+
+goev_poller *goev_handler_poller(const goev_handler *h) { return h->poller_; }
+
+goev_conn_id goev_handler_id(const goev_handler *h)
+{
+    const struct goev__conn *c = h->conn_;
+    if (!c || c->kind != GOEV__K_STREAM)
+        return 0;
+    return goev__mkid((uint32_t)c->p->idx, c->slot, c->gen);
+}
+
+int goev_handler_fd(const goev_handler *h)
+{
+    return h->conn_ ? h->conn_->fd : -1;
+}
+
+/* ---- pending list: kept tails to re-present, on_close to call ------------ */
+
+static void push_pending(struct goev__conn *c)
+{
+    if (!(c->flags & GOEV__C_PENDING)) {
+        c->flags |= GOEV__C_PENDING;
+        c->pend_next = c->p->pending;
+        c->p->pending = c;
+    }
+}
+
+static void deliver_tail(struct goev__conn *c);
+
+static void finish(struct goev__conn *c)
+{
+    goev_handler *h = c->h;
+    int reason = c->close_reason;
+    if (c->kind == GOEV__K_STREAM)
+        GOEV__STAT_ADD(c->p, conns, (uint64_t)-1);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = 0;
+    c->in_cap = 0;
+    goev__outq_clear(&c->p->pool, &c->out);
+    slot_free(c);
+    h->conn_ = NULL;
+    h->poller_ = NULL;
+    if (h->ops && h->ops->on_close)
+        h->ops->on_close(h, reason);
+}
+
+/* One round per call: what gets pending during the round waits for the next
+ * pass, so a handler that keeps re-arming cannot starve the loop. */
+void goev__run_pending(goev_poller *p)
+{
+    struct goev__conn *c = p->pending;
+    p->pending = NULL;
+    while (c) {
+        struct goev__conn *next = c->pend_next;
+        c->flags &= ~GOEV__C_PENDING;
+        if (c->flags & GOEV__C_RELEASED)
+            finish(c);
+        else if (c->in_len && !(c->flags & (GOEV__C_PAUSED | GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
+            deliver_tail(c);
+        c = next;
+    }
+}
+
+void goev__on_released(struct goev__conn *c)
+{
+    c->flags |= GOEV__C_RELEASED;
+    push_pending(c);
+}
+
+/* ---- close ------------------------------------------------------------- */
+
+static void cancel_timers(goev_handler *h)
+{
+    while (h->timers_)
+        goev_timer_cancel(h->timers_);
+}
+
+void goev__conn_close(struct goev__conn *c, int reason)
+{
+    if (c->flags & GOEV__C_CLOSING)
+        return;
+    /* A lingering close keeps its reason unless an error overtakes it. */
+    if (!(c->flags & GOEV__C_CLOSE_WANT) || reason != 0)
+        c->close_reason = reason;
+    c->flags |= GOEV__C_CLOSING;
+    c->flags &= ~GOEV__C_CLOSE_WANT;
+    cancel_timers(c->h);
+    goev_timer_cancel(&c->conn_timer);
+    if (c->kind == GOEV__K_NONE)
+        goev__on_released(c);
+    else
+        c->p->be->conn_close(c);
+}
+
+void goev__close_all(goev_poller *p, int reason)
+{
+    for (uint32_t s = 0; s < p->nslots; s++) {
+        struct goev__conn *c = goev__slot_conn(p, s);
+        if (c)
+            goev__conn_close(c, reason);
+    }
+}
+
+/* Stop reading, send what is queued, then close with reason. */
+static void close_gracefully(struct goev__conn *c, int reason)
+{
+    if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
+        return;
+    if (c->kind == GOEV__K_STREAM && c->out.bytes && (c->flags & GOEV__C_OPEN)) {
+        c->flags |= GOEV__C_CLOSE_WANT;
+        c->close_reason = reason;
+        if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_EOF)))
+            c->p->be->conn_pause(c);
+        goev__mark_dirty(c);
+        return;
+    }
+    goev__conn_close(c, reason);
+}
+
+int goev_close(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c)
+        return -EINVAL;
+    close_gracefully(c, 0);
+    return 0;
+}
+
+int goev_abort(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c)
+        return -EINVAL;
+    c->flags &= ~GOEV__C_CLOSE_WANT;
+    goev__conn_close(c, -ECONNABORTED);
+    return 0;
+}
+
+/* A callback's verdict: < 0 closes with that reason. */
+static inline bool verdict(struct goev__conn *c, int rc)
+{
+    if (rc < 0) {
+        goev__conn_close(c, rc);
+        return false;
+    }
+    return !(c->flags & GOEV__C_CLOSING);
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static int keep_tail(struct goev__conn *c, const char *data, size_t len)
+{
+    size_t need = (size_t)c->in_len + len;
+    if (need > c->p->r->opts.max_input)
+        return -EMSGSIZE;
+    if (need > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 1024;
+        while (cap < need)
+            cap *= 2;
+        char *n = realloc(c->in, cap);
+        if (!n)
+            return -ENOMEM;
+        c->in = n;
+        c->in_cap = cap;
+    }
+    memmove(c->in + c->in_len, data, len);
+    c->in_len = (uint32_t)need;
+    return 0;
+}
+
+/* Call on_read and apply its answer; returns what was consumed, or -1 if
+ * the connection was closed. */
+static ssize_t call_read(struct goev__conn *c, const char *data, size_t len)
+{
+    goev_handler *h = c->h;
+    ssize_t n = h->ops->on_read(h, data, len);
+    if (n < 0 || (size_t)n > len) {
+        goev__conn_close(c, n < 0 ? (int)n : -EINVAL);
+        return -1;
+    }
+    return n;
+}
+
+static void deliver_tail(struct goev__conn *c)
+{
+    ssize_t n = call_read(c, c->in, c->in_len);
+    if (n <= 0)
+        return;
+    c->in_len -= (uint32_t)n;
+    if (c->in_len)
+        memmove(c->in, c->in + n, c->in_len);
+}
+
+void goev__on_data(struct goev__conn *c, const char *data, size_t len)
+{
+    GOEV__STAT_ADD(c->p, bytes_in, len);
+    if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
+        return;
+    if (c->in_len || (c->flags & GOEV__C_PAUSED)) {
+        int rc = keep_tail(c, data, len);
+        if (rc < 0) {
+            goev__conn_close(c, rc);
+            return;
+        }
+        if (!(c->flags & GOEV__C_PAUSED))
+            deliver_tail(c);
+        return;
+    }
+    ssize_t n = call_read(c, data, len);
+    if (n < 0 || (size_t)n == len || (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
+        return;
+    int rc = keep_tail(c, data + n, len - (size_t)n);
+    if (rc < 0)
+        goev__conn_close(c, rc);
+}
+
+void goev__on_eof(struct goev__conn *c)
+{
+    if (c->flags & (GOEV__C_CLOSING | GOEV__C_EOF))
+        return;
+    c->flags |= GOEV__C_EOF;
+    if (!(c->flags & GOEV__C_PAUSED))
+        c->p->be->conn_pause(c);
+    if (c->flags & GOEV__C_CLOSE_WANT)
+        return;
+    goev_handler *h = c->h;
+    int rc = h->ops->on_eof ? h->ops->on_eof(h) : 0;
+    if ((rc == 0 && h->ops->on_eof) || (c->flags & GOEV__C_CLOSING))
+        return;
+    close_gracefully(c, rc);
+}
+
+void goev__on_error(struct goev__conn *c, int err)
+{
+    if (c->flags & GOEV__C_CONNECTING) {
+        goev__on_connected(c, err);
+        return;
+    }
+    goev__conn_close(c, err);
+}
+
+int goev_pause_read(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind != GOEV__K_STREAM || (c->flags & GOEV__C_CLOSING))
+        return -ENOTCONN;
+    if (c->flags & GOEV__C_PAUSED)
+        return 0;
+    c->flags |= GOEV__C_PAUSED;
+    if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
+        c->p->be->conn_pause(c);
+    return 0;
+}
+
+int goev_resume_read(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind != GOEV__K_STREAM || (c->flags & GOEV__C_CLOSING))
+        return -ENOTCONN;
+    if (!(c->flags & GOEV__C_PAUSED))
+        return 0;
+    c->flags &= ~GOEV__C_PAUSED;
+    if (c->in_len)
+        push_pending(c);
+    if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT))) {
+        int rc = c->p->be->conn_start(c);
+        if (rc < 0) {
+            goev__conn_close(c, rc);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+int goev_write(goev_handler *h, const void *data, size_t len)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (GOEV__UNLIKELY(!c || c->kind != GOEV__K_STREAM ||
+                       (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT |
+                                    GOEV__C_SHUT_WANT | GOEV__C_SHUT_DONE))))
+        return -ENOTCONN;
+    if (!len)
+        return 0;
+    int rc = goev__outq_append(&c->p->pool, &c->out, data, len);
+    if (rc < 0)
+        return rc;
+    goev__mark_dirty(c);
+    return 0;
+}
+
+size_t goev_pending(const goev_handler *h)
+{
+    return h && h->conn_ ? h->conn_->out.bytes : 0;
+}
+
+static void do_shutdown(struct goev__conn *c)
+{
+    c->flags |= GOEV__C_SHUT_DONE;
+    c->flags &= ~GOEV__C_SHUT_WANT;
+    shutdown(c->fd, SHUT_WR);
+    GOEV__STAT_INC(c->p, sys_other);
+}
+
+int goev_shutdown(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind != GOEV__K_STREAM ||
+        (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT | GOEV__C_SHUT_DONE)))
+        return -ENOTCONN;
+    if (c->out.bytes || !(c->flags & GOEV__C_OPEN))
+        c->flags |= GOEV__C_SHUT_WANT;
+    else
+        do_shutdown(c);
+    return 0;
+}
+
+void goev__on_sent(struct goev__conn *c, size_t n, bool blocked)
+{
+    GOEV__STAT_ADD(c->p, bytes_out, n);
+    goev__outq_consume(&c->p->pool, &c->out, n);
+    if (blocked)
+        c->flags |= GOEV__C_BLOCKED;
+    if (c->out.bytes || (c->flags & GOEV__C_CLOSING))
+        return;
+    if (c->flags & GOEV__C_CLOSE_WANT) {
+        goev__conn_close(c, c->close_reason);
+        return;
+    }
+    if (c->flags & GOEV__C_SHUT_WANT)
+        do_shutdown(c);
+    if (c->flags & GOEV__C_BLOCKED) {
+        c->flags &= ~GOEV__C_BLOCKED;
+        goev_handler *h = c->h;
+        if (h->ops->on_drained)
+            verdict(c, h->ops->on_drained(h));
+    }
+}
+
+void goev__flush_dirty(goev_poller *p)
+{
+    struct goev__conn *c;
+    while ((c = p->dirty)) {
+        p->dirty = c->dirty_next;
+        c->flags &= ~GOEV__C_DIRTY;
+        if ((c->flags & (GOEV__C_OPEN | GOEV__C_CLOSING)) == GOEV__C_OPEN &&
+            c->out.bytes > c->out.inflight)
+            p->be->flush(c);
+    }
+}
+
+/* ---- opening ----------------------------------------------------------- */
+
+/* The connection is up (accepted, adopted or connected): on_open, then read. */
+static void opened(struct goev__conn *c)
+{
+    goev_handler *h = c->h;
+    c->flags |= GOEV__C_OPEN;
+    GOEV__STAT_INC(c->p, conns);
+    if (h->ops->on_open && !verdict(c, h->ops->on_open(h)))
+        return;
+    if (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_SHUT_WANT))
+        goev__mark_dirty(c);
+    if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_CLOSE_WANT))) {
+        int rc = c->p->be->conn_start(c);
+        if (rc < 0) {
+            goev__conn_close(c, rc);
+            return;
+        }
+    }
+    if (c->out.bytes)
+        goev__mark_dirty(c);
+}
+
+int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock)
+{
+    if (!h || !h->ops || !h->ops->on_read)
+        return -EINVAL;
+    if (set_nonblock) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+            return -errno;
+        GOEV__STAT_ADD(p, sys_other, 2);
+    }
+    int err;
+    struct goev__conn *c = attach(p, h, GOEV__K_STREAM, &err);
+    if (!c)
+        return err;
+    c->fd = fd;
+    opened(c);
+    return 0;
+}
+
+int goev_conn_open(goev_poller *p, goev_handler *h, int fd)
+{
+    if (!p || fd < 0)
+        return -EINVAL;
+    return goev__adopt(p, h, fd, true);
+}
+
+/* ---- connector ----------------------------------------------------------- */
+
+static int connect_timeout(goev_handler *ih, goev_timer *t)
+{
+    struct goev__conn *c = ih->user;
+    (void)t;
+    if (c->flags & GOEV__C_CONNECTING)
+        goev__on_connected(c, -ETIMEDOUT);
+    return 0;
+}
+
+static const struct goev_handler_ops connect_timer_ops = { .on_timeout = connect_timeout };
+
+void goev__on_connected(struct goev__conn *c, int err)
+{
+    if (!(c->flags & GOEV__C_CONNECTING) || (c->flags & GOEV__C_CLOSING))
+        return;
+    c->flags &= ~GOEV__C_CONNECTING;
+    goev_timer_cancel(&c->conn_timer);
+    if (err) {
+        goev_handler *h = c->h;
+        if (h->ops->on_connect_fail)
+            h->ops->on_connect_fail(h, err);
+        goev__conn_close(c, err);
+        return;
+    }
+    opened(c);
+}
+
+int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (!p || !h || !h->ops || !h->ops->on_read)
+        return -EINVAL;
+    int rc = goev__parse_addr(addr, &ss, &len);
+    if (rc < 0)
+        return rc;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    GOEV__STAT_INC(p, sys_other);
+    if (fd < 0)
+        return -errno;
+    if (ss.ss_family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        GOEV__STAT_INC(p, sys_other);
+    }
+    struct goev__conn *c = attach(p, h, GOEV__K_STREAM, &rc);
+    if (!c) {
+        close(fd);
+        return rc;
+    }
+    c->fd = fd;
+    c->flags |= GOEV__C_CONNECTING;
+    c->ih.ops = &connect_timer_ops;
+    rc = p->be->connect(c, (struct sockaddr *)&ss, len);
+    if (rc < 0) {
+        detach(c);
+        close(fd);
+        return rc;
+    }
+    if (timeout_ms > 0)
+        goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)timeout_ms);
+    return 0;
+}
+
+/* ---- raw watches --------------------------------------------------------- */
+
+void goev__on_ready(struct goev__conn *c, unsigned events)
+{
+    if (c->flags & GOEV__C_CLOSING)
+        return;
+    goev_handler *h = c->h;
+    verdict(c, h->ops->on_ready(h, events));
+}
+
+int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned events)
+{
+    if (!p || !h || !h->ops || !h->ops->on_ready || fd < 0 ||
+        (events & ~(GOEV_READ | GOEV_WRITE | GOEV_WATCH_KEEP_FD)))
+        return -EINVAL;
+    int rc;
+    struct goev__conn *c = attach(p, h, GOEV__K_WATCH, &rc);
+    if (!c)
+        return rc;
+    c->fd = fd;
+    c->flags |= GOEV__C_OPEN;
+    if (events & GOEV_WATCH_KEEP_FD)
+        c->flags |= GOEV__C_KEEP_FD;
+    c->watch_events = events & (GOEV_READ | GOEV_WRITE);
+    rc = p->be->watch(c, c->watch_events);
+    if (rc < 0) {
+        detach(c);
+        return rc;
+    }
+    return 0;
+}
+
+int goev_watch_update(goev_handler *h, unsigned events)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind != GOEV__K_WATCH || (c->flags & GOEV__C_CLOSING) ||
+        (events & ~(GOEV_READ | GOEV_WRITE)))
+        return -EINVAL;
+    if (events == c->watch_events)
+        return 0;
+    c->watch_events = events;
+    return c->p->be->watch(c, events);
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+void goev_timer_init(goev_timer *t)
+{
+    memset(t, 0, sizeof *t);
+    t->idx_ = UINT32_MAX;
+}
+
+int goev_timer_active(const goev_timer *t)
+{
+    return t->idx_ != UINT32_MAX;
+}
+
+static void timer_unlink(goev_timer *t)
+{
+    goev_handler *h = t->h_;
+    if (t->prev_)
+        t->prev_->next_ = t->next_;
+    else if (h && h->timers_ == t)
+        h->timers_ = t->next_;
+    if (t->next_)
+        t->next_->prev_ = t->prev_;
+    t->prev_ = t->next_ = NULL;
+}
+
+int goev_timer_cancel(goev_timer *t)
+{
+    if (!t || t->idx_ == UINT32_MAX)
+        return 0;
+    goev__heap_remove(&t->h_->poller_->timers, t);
+    timer_unlink(t);
+    return 0;
+}
+
+/* Internal timers (connect timeout, accept back-off): in the heap, but on
+ * no handler's list, with a private handler whose on_timeout is ours. */
+void goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms)
+{
+    goev_timer_cancel(t);
+    t->h_ = ih;
+    t->period_ = 0;
+    t->when_ = p->now_ms + delay_ms;
+    if (goev__heap_push(&p->timers, t) < 0)
+        t->idx_ = UINT32_MAX;   /* out of memory: it never fires */
+}
+
+int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
+                     uint64_t delay_ms, uint64_t period_ms)
+{
+    if (!p || !h || !t || !h->ops || !h->ops->on_timeout)
+        return -EINVAL;
+    if (h->poller_ && h->poller_ != p)
+        return -EINVAL;
+    if (h->conn_ && (h->conn_->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
+        return -EINVAL;
+    goev_timer_cancel(t);
+    if (!h->conn_ && !slot_alloc(p, h))
+        return -ENOMEM;
+    t->h_ = h;
+    t->period_ = period_ms;
+    t->when_ = p->now_ms + delay_ms;
+    if (goev__heap_push(&p->timers, t) < 0) {
+        t->idx_ = UINT32_MAX;
+        return -ENOMEM;
+    }
+    t->prev_ = NULL;
+    t->next_ = h->timers_;
+    if (h->timers_)
+        h->timers_->prev_ = t;
+    h->timers_ = t;
+    return 0;
+}
+
+/* Fire what has expired.  At most as many callbacks as there were timers on
+ * entry, so that a zero-delay timer re-armed from its own callback waits for
+ * the next pass instead of spinning here. */
+void goev__run_timers(goev_poller *p)
+{
+    uint32_t budget = p->timers.n;
+    goev_timer *t;
+    while (budget-- && (t = goev__heap_top(&p->timers)) && t->when_ <= p->now_ms) {
+        goev_handler *h = t->h_;
+        goev__heap_remove(&p->timers, t);
+        if (t->period_) {
+            uint64_t next = t->when_ + t->period_;
+            t->when_ = next > p->now_ms ? next : p->now_ms + t->period_;
+            if (goev__heap_push(&p->timers, t) < 0) {
+                t->idx_ = UINT32_MAX;
+                timer_unlink(t);
+            }
+        } else {
+            timer_unlink(t);
+        }
+        int rc = h->ops->on_timeout(h, t);
+        if (rc < 0 && h->conn_)
+            goev__conn_close(h->conn_, rc);
+    }
+}

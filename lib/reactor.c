@@ -1,0 +1,547 @@
+/* reactor.c - pollers and their threads, the loop, backend choice,
+ * cross-thread posting, timers' public face, statistics. */
+#include "goev-internal.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static __thread goev_poller *tls_poller;
+static __thread char tls_error[256];
+
+const char *goev_last_error(void)
+{
+    return tls_error;
+}
+
+static void set_error(const char *fmt, const char *a, const char *b)
+{
+    snprintf(tls_error, sizeof tls_error, fmt, a, b);
+}
+
+void goev_reactor_opts_init(struct goev_reactor_opts *o)
+{
+    memset(o, 0, sizeof *o);
+}
+
+/* ---- backend choice ---------------------------------------------------- */
+
+#ifdef GOEV_HAVE_URING
+/* The kernel or the sandbox refuses io_uring: auto may fall back.  Resource
+ * errors (ENOMEM, EMFILE) are real errors and are reported instead. */
+static bool fallback_errno(int rc)
+{
+    return rc == -ENOSYS || rc == -EPERM || rc == -EINVAL || rc == -EOPNOTSUPP;
+}
+#endif
+
+/* Pick the backend from GOEV_BACKEND.  An explicit io_uring that cannot be
+ * had is an error: an A/B run must never compare epoll with epoll. */
+static int choose_backend(goev_reactor *r)
+{
+    const char *env = secure_getenv("GOEV_BACKEND");
+    char why[160] = "";
+    if (!env || !*env)
+        env = "auto";
+
+    if (strcmp(env, "epoll") == 0) {
+        r->be = &goev__epoll_backend;
+        snprintf(r->reason, sizeof r->reason, "GOEV_BACKEND=epoll");
+        return 0;
+    }
+    bool want_uring = strcmp(env, "io_uring") == 0;
+    if (!want_uring && strcmp(env, "auto") != 0) {
+        set_error("GOEV_BACKEND=%s: expected auto, epoll or io_uring%s", env, "");
+        return -EINVAL;
+    }
+#ifdef GOEV_HAVE_URING
+    int rc = goev__uring_backend.probe(why, sizeof why);
+    if (rc == 0) {
+        r->be = &goev__uring_backend;
+        snprintf(r->reason, sizeof r->reason, "GOEV_BACKEND=%s: io_uring ready (%s)", env, why);
+        return 0;
+    }
+    if (want_uring || !fallback_errno(rc)) {
+        set_error("GOEV_BACKEND=%s: io_uring unavailable: %s", env, why);
+        return rc;
+    }
+    r->be = &goev__epoll_backend;
+    snprintf(r->reason, sizeof r->reason, "GOEV_BACKEND=auto: io_uring unavailable (%s); using epoll", why);
+    return 0;
+#else
+    (void)why;
+    if (want_uring) {
+        set_error("GOEV_BACKEND=%s: goev was built without liburing (no io_uring backend)%s", env, "");
+        return -ENOSYS;
+    }
+    r->be = &goev__epoll_backend;
+    snprintf(r->reason, sizeof r->reason, "GOEV_BACKEND=auto: built without liburing; using epoll");
+    return 0;
+#endif
+}
+
+/* ---- pollers ------------------------------------------------------------ */
+
+static int poller_init(goev_reactor *r, goev_poller *p, int idx)
+{
+    const struct goev_reactor_opts *o = &r->opts;
+    p->r = r;
+    p->be = r->be;
+    p->idx = idx;
+    p->wake_fd = -1;
+    p->now_ms = goev__now_ms();
+    pthread_mutex_init(&p->mq.mu, NULL);
+    p->mq.tailp = &p->mq.head;
+    goev__pool_init(&p->pool, 8u << 20);
+    if (goev__heap_init(&p->timers, o->timer_heap_size ? o->timer_heap_size : 1024) < 0)
+        return -ENOMEM;
+    p->chunks = calloc(GOEV__MAX_SLOTS / GOEV__SLOT_CHUNK, sizeof *p->chunks);
+    if (!p->chunks)
+        return -ENOMEM;
+    p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wake_fd < 0)
+        return -errno;
+    p->rbuf_size = o->read_buf_size;
+    p->rbufs = o->read_bufs ? o->read_bufs : 1024;
+    return p->be->poller_init(p);
+}
+
+static void poller_fini(goev_poller *p)
+{
+    if (!p->r)
+        return;
+    p->be->poller_fini(p);
+    goev__slots_fini(p);
+    free(p->chunks);
+    goev__heap_fini(&p->timers);
+    goev__pool_fini(&p->pool);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
+    pthread_mutex_destroy(&p->mq.mu);
+}
+
+int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
+{
+    tls_error[0] = 0;
+    if (!out) {
+        set_error("goev_reactor_new: out is NULL%s%s", "", "");
+        return -EINVAL;
+    }
+    *out = NULL;
+    struct goev_reactor_opts o;
+    if (opts)
+        o = *opts;
+    else
+        goev_reactor_opts_init(&o);
+    if (o.pollers < 0 || o.pollers > 255 || (o.read_bufs & (o.read_bufs - 1)) ||
+        o.read_bufs > 32768 || (o.read_buf_size && o.read_buf_size < 512)) {
+        set_error("goev_reactor_new: bad option (pollers 0..255, read_bufs a power of "
+                  "two <= 32768, read_buf_size >= 512)%s%s", "", "");
+        return -EINVAL;
+    }
+    if (o.pollers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.pollers = n > 0 ? (n > 255 ? 255 : (int)n) : 1;
+    }
+    if (!o.max_input)
+        o.max_input = 16u << 20;
+
+    goev_reactor *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->opts = o;
+    int rc = choose_backend(r);
+    if (rc < 0) {
+        free(r);
+        return rc;
+    }
+    if (getenv("GOEV_DEBUG") && strcmp(getenv("GOEV_DEBUG"), "0") != 0)
+        fprintf(stderr, "goev: backend %s: %s\n", r->be->name, r->reason);
+
+    r->npollers = o.pollers;
+    r->pollers = calloc((size_t)o.pollers, sizeof *r->pollers);
+    if (!r->pollers) {
+        free(r);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < o.pollers; i++) {
+        rc = poller_init(r, &r->pollers[i], i);
+        if (rc < 0) {
+            set_error("goev_reactor_new: setting up a %s poller: %s", r->be->name, strerror(-rc));
+            for (int j = 0; j <= i; j++)
+                poller_fini(&r->pollers[j]);
+            free(r->pollers);
+            free(r);
+            return rc;
+        }
+    }
+    *out = r;
+    return 0;
+}
+
+const char *goev_backend_name(const goev_reactor *r) { return r->be->name; }
+const char *goev_backend_reason(const goev_reactor *r) { return r->reason; }
+int goev_poller_count(const goev_reactor *r) { return r->npollers; }
+goev_poller *goev_current_poller(void) { return tls_poller; }
+int goev_poller_index(const goev_poller *p) { return p->idx; }
+goev_reactor *goev_poller_reactor(goev_poller *p) { return p->r; }
+uint64_t goev_poller_now_ms(const goev_poller *p) { return p->now_ms; }
+
+goev_poller *goev_reactor_poller(goev_reactor *r, int i)
+{
+    return (r && i >= 0 && i < r->npollers) ? &r->pollers[i] : NULL;
+}
+
+void *goev_poller_local(goev_poller *p, unsigned slot)
+{
+    return slot < GOEV_LOCAL_SLOTS ? p->local[slot] : NULL;
+}
+
+void goev_poller_set_local(goev_poller *p, unsigned slot, void *value)
+{
+    if (slot < GOEV_LOCAL_SLOTS)
+        p->local[slot] = value;
+}
+
+/* ---- cross-thread queue -------------------------------------------------- */
+
+static bool mq_nonempty(goev_poller *p)
+{
+    return __atomic_load_n(&p->mq.head, __ATOMIC_SEQ_CST) != NULL;
+}
+
+/* Queue m for p.  Only the producer that makes the queue non-empty may need
+ * to wake the poller, and only if it is (about to be) blocked: the poller
+ * publishes `sleeping` before its last look at the queue (both seq_cst). */
+static void mq_push(goev_poller *p, struct goev__msg *m)
+{
+    m->next = NULL;
+    pthread_mutex_lock(&p->mq.mu);
+    bool was_empty = p->mq.head == NULL;
+    if (was_empty)
+        __atomic_store_n(&p->mq.head, m, __ATOMIC_SEQ_CST);
+    else
+        *p->mq.tailp = m;
+    p->mq.tailp = &m->next;
+    pthread_mutex_unlock(&p->mq.mu);
+    if (was_empty && __atomic_load_n(&p->sleeping, __ATOMIC_SEQ_CST))
+        p->be->wake(p);
+}
+
+static void mq_drain(goev_poller *p, bool stopping)
+{
+    pthread_mutex_lock(&p->mq.mu);
+    struct goev__msg *m = p->mq.head;
+    __atomic_store_n(&p->mq.head, NULL, __ATOMIC_SEQ_CST);
+    p->mq.tailp = &p->mq.head;
+    pthread_mutex_unlock(&p->mq.mu);
+
+    while (m) {
+        struct goev__msg *next = m->next;
+        switch (m->kind) {
+        case GOEV__M_POST:
+            m->u.post.fn(p, m->u.post.arg);
+            break;
+        case GOEV__M_WRITE: {
+            uint32_t slot = (uint32_t)(m->u.write.id >> 32) & 0xffffffu;
+            struct goev__conn *c = goev__slot_conn(p, slot);
+            if (stopping || !c || c->gen != (uint32_t)m->u.write.id ||
+                goev_write(c->h, m->data, m->u.write.len) < 0)
+                GOEV__STAT_INC(p, async_dropped);
+            break;
+        }
+        case GOEV__M_HANDOFF:
+            if (stopping) {
+                close(m->u.handoff.fd);
+                GOEV__STAT_INC(p, sys_other);
+            } else {
+                goev__handoff(p, m->u.handoff.a, m->u.handoff.fd);
+            }
+            break;
+        }
+        free(m);
+        m = next;
+    }
+}
+
+int goev_post(goev_poller *p, goev_post_fn fn, void *arg)
+{
+    if (!p || !fn)
+        return -EINVAL;
+    struct goev__msg *m = malloc(sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->kind = GOEV__M_POST;
+    m->u.post.fn = fn;
+    m->u.post.arg = arg;
+    mq_push(p, m);
+    return 0;
+}
+
+int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg)
+{
+    if (!r || !fn)
+        return -EINVAL;
+    for (int i = 0; i < r->npollers; i++) {
+        int rc = goev_post(&r->pollers[i], fn, arg);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len)
+{
+    uint32_t pi = (uint32_t)(id >> 56), slot = (uint32_t)(id >> 32) & 0xffffffu;
+    uint32_t gen = (uint32_t)id;
+    if (!r || !gen || pi >= (uint32_t)r->npollers || (!data && len))
+        return -EINVAL;
+    goev_poller *p = &r->pollers[pi];
+    /* Early answer for a connection already gone; a close that races with
+     * this call is caught again on the poller, which checks the generation. */
+    struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
+    if (!chunk || __atomic_load_n(&chunk[slot % GOEV__SLOT_CHUNK].gen, __ATOMIC_RELAXED) != gen)
+        return -ENOTCONN;
+    struct goev__msg *m = malloc(sizeof *m + len);
+    if (!m)
+        return -ENOMEM;
+    m->kind = GOEV__M_WRITE;
+    m->u.write.id = id;
+    m->u.write.len = len;
+    if (len)
+        memcpy(m->data, data, len);
+    mq_push(p, m);
+    return 0;
+}
+
+/* Hand an accepted fd to p's thread (acceptor.c decides when). */
+void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
+void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
+{
+    struct goev__msg *m = malloc(sizeof *m);
+    if (!m) {
+        close(fd);
+        return;
+    }
+    m->kind = GOEV__M_HANDOFF;
+    m->u.handoff.fd = fd;
+    m->u.handoff.a = a;
+    mq_push(p, m);
+}
+
+void goev__on_wake(goev_poller *p)
+{
+    (void)p;    /* the queue is drained once per pass anyway */
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+static int next_timeout(goev_poller *p)
+{
+    goev_timer *t = goev__heap_top(&p->timers);
+    if (!t)
+        return -1;
+    if (t->when_ <= p->now_ms)
+        return 0;
+    uint64_t d = t->when_ - p->now_ms;
+    return d > 3600000u ? 3600000 : (int)d;
+}
+
+static bool stopping(goev_reactor *r)
+{
+    return __atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+static void poller_loop(goev_poller *p)
+{
+    goev_reactor *r = p->r;
+    while (!stopping(r)) {
+        p->now_ms = goev__now_ms();
+        goev__run_timers(p);
+        if (mq_nonempty(p))
+            mq_drain(p, false);
+        goev__run_pending(p);
+        goev__flush_dirty(p);
+
+        __atomic_store_n(&p->sleeping, 1, __ATOMIC_SEQ_CST);
+        int timeout = next_timeout(p);
+        if (p->pending || mq_nonempty(p) || stopping(r))
+            timeout = 0;
+        int rc = p->be->wait(p, timeout);
+        __atomic_store_n(&p->sleeping, 0, __ATOMIC_RELAXED);
+        GOEV__STAT_INC(p, passes);
+        if (rc < 0 && rc != -EINTR) {
+            fprintf(stderr, "goev: %s wait failed on poller %d: %s\n", p->be->name, p->idx,
+                    strerror(-rc));
+            break;
+        }
+    }
+}
+
+/* Close everything p owns and wait (bounded) for the backend to let go. */
+static void poller_shutdown(goev_poller *p)
+{
+    for (struct goev__listener *l = p->listeners; l; l = l->next)
+        goev__listener_shutdown(l);
+    goev__close_all(p, -ECANCELED);
+    uint64_t deadline = goev__now_ms() + 5000;
+    for (;;) {
+        p->now_ms = goev__now_ms();
+        goev__run_pending(p);
+        goev__flush_dirty(p);
+        if (!p->nlive || p->now_ms > deadline)
+            break;
+        p->be->wait(p, 10);
+    }
+    for (int round = 0; round < 8 && mq_nonempty(p); round++)
+        mq_drain(p, true);
+    goev__run_pending(p);
+    p->be->thread_stop(p);
+}
+
+static void pin(goev_poller *p)
+{
+    const struct goev_reactor_opts *o = &p->r->opts;
+    if (!o->pin_cpus)
+        return;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n <= 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((unsigned)((o->cpu_base + p->idx) % n), &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+static void *poller_main(void *arg)
+{
+    goev_poller *p = arg;
+    tls_poller = p;
+    pin(p);
+    int rc = p->be->thread_start(p);
+    if (rc < 0) {
+        fprintf(stderr, "goev: poller %d could not start: %s\n", p->idx, strerror(-rc));
+        goev_reactor_stop(p->r);
+    } else {
+        poller_loop(p);
+    }
+    poller_shutdown(p);
+    tls_poller = NULL;
+    return NULL;
+}
+
+static int start_threads(goev_reactor *r, int first)
+{
+    if (r->state != 0)
+        return -EALREADY;
+    r->threads = calloc((size_t)r->npollers, sizeof *r->threads);
+    if (!r->threads)
+        return -ENOMEM;
+    r->state = 1;
+    /* Poller threads take no process signals: the application's handlers
+     * run on its own threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = 0;
+    for (int i = first; i < r->npollers; i++) {
+        rc = -pthread_create(&r->threads[i], NULL, poller_main, &r->pollers[i]);
+        if (rc < 0) {
+            goev_reactor_stop(r);
+            for (int j = first; j < i; j++)
+                pthread_join(r->threads[j], NULL);
+            r->state = 2;
+            break;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+int goev_reactor_run(goev_reactor *r)
+{
+    if (!r)
+        return -EINVAL;
+    int rc = start_threads(r, 1);
+    if (rc < 0)
+        return rc;
+    poller_main(&r->pollers[0]);
+    for (int i = 1; i < r->npollers; i++)
+        pthread_join(r->threads[i], NULL);
+    r->state = 2;
+    return 0;
+}
+
+int goev_reactor_start(goev_reactor *r)
+{
+    if (!r)
+        return -EINVAL;
+    int rc = start_threads(r, 0);
+    if (rc == 0)
+        r->started_async = 1;
+    return rc;
+}
+
+int goev_reactor_wait(goev_reactor *r)
+{
+    if (!r || !r->started_async)
+        return -EINVAL;
+    for (int i = 0; i < r->npollers; i++)
+        pthread_join(r->threads[i], NULL);
+    r->started_async = 0;
+    r->state = 2;
+    return 0;
+}
+
+int goev_reactor_stop(goev_reactor *r)
+{
+    if (!r)
+        return -EINVAL;
+    __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < r->npollers; i++)
+        r->be->wake(&r->pollers[i]);
+    return 0;
+}
+
+void goev_reactor_free(goev_reactor *r)
+{
+    if (!r)
+        return;
+    if (r->state == 0) {
+        /* Never ran: close what was set up, here, as the pollers would. */
+        for (int i = 0; i < r->npollers; i++) {
+            goev_poller *p = &r->pollers[i];
+            tls_poller = p;
+            if (p->be->thread_start(p) == 0)
+                poller_shutdown(p);
+            tls_poller = NULL;
+        }
+    }
+    for (int i = 0; i < r->npollers; i++)
+        poller_fini(&r->pollers[i]);
+    free(r->pollers);
+    free(r->threads);
+    free(r);
+}
+
+/* ---- statistics ---------------------------------------------------------- */
+
+int goev_stats_get(goev_reactor *r, int i, struct goev_stats *out)
+{
+    if (!r || !out || i < -1 || i >= r->npollers)
+        return -EINVAL;
+    enum { N = sizeof(struct goev_stats) / sizeof(uint64_t) };
+    uint64_t *o = (uint64_t *)out;
+    memset(out, 0, sizeof *out);
+    for (int k = (i < 0 ? 0 : i); k < (i < 0 ? r->npollers : i + 1); k++) {
+        const uint64_t *s = (const uint64_t *)&r->pollers[k].stats;
+        for (int f = 0; f < N; f++)
+            o[f] += __atomic_load_n(&s[f], __ATOMIC_RELAXED);
+    }
+    return 0;
+}
