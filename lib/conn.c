@@ -498,8 +498,6 @@ static void opened(struct goev__conn *c)
     GOEV__STAT_INC(c->p, conns);
     if (h->ops->on_open && !verdict(c, h->ops->on_open(h)))
         return;
-    if (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_SHUT_WANT))
-        goev__mark_dirty(c);
     if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_CLOSE_WANT))) {
         int rc = c->p->be->conn_start(c);
         if (rc < 0) {
@@ -509,6 +507,8 @@ static void opened(struct goev__conn *c)
     }
     if (c->out.bytes)
         goev__mark_dirty(c);
+    else if (c->flags & GOEV__C_SHUT_WANT)
+        do_shutdown(c);
 }
 
 int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock)
