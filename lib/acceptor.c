@@ -122,16 +122,15 @@ int goev_acceptor_new(goev_acceptor **out, goev_reactor *accept_r, goev_reactor 
     for (int i = 0; i < nl; i++)
         a->l[i].fd = -1;
 
-    if (ss.ss_family == AF_UNIX) {
-        const struct sockaddr_un *un = (const struct sockaddr_un *)&ss;
-        memcpy(a->unix_path, un->sun_path, sizeof a->unix_path);
-        if (o.unlink_unix)
-            unlink(un->sun_path);
-    }
+    if (ss.ss_family == AF_UNIX && o.unlink_unix)
+        unlink(((const struct sockaddr_un *)&ss)->sun_path);
     for (int i = 0; i < nl; i++) {
         rc = listen_one(a, &ss, len, &a->l[i].fd);
         if (rc < 0)
             goto fail;
+        /* Only a socket file we bound is ours to remove later. */
+        if (ss.ss_family == AF_UNIX)
+            memcpy(a->unix_path, ((const struct sockaddr_un *)&ss)->sun_path, sizeof a->unix_path);
         if (i == 0 && ss.ss_family != AF_UNIX) {
             /* Port 0: the others must share the port the kernel chose. */
             struct sockaddr_storage got;

@@ -1,0 +1,270 @@
+/* test_backend.c - choosing the backend (GOEV_BACKEND, GOEV_DEBUG, a kernel
+ * that refuses io_uring via seccomp) and the reactor life cycle. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#ifdef GOEV_HAVE_SECCOMP
+#include <seccomp.h>
+#endif
+
+static const char *env_backend;
+
+static void save_env(void)
+{
+    const char *b = getenv("GOEV_BACKEND");
+    env_backend = b ? strdup(b) : NULL;
+}
+
+Test(backend, name_matches_env, .init = save_env, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(1);
+    const char *name = goev_backend_name(r);
+    const char *why = goev_backend_reason(r);
+    cr_assert(strcmp(name, "epoll") == 0 || strcmp(name, "io_uring") == 0, "backend '%s'", name);
+    if (env_backend && (strcmp(env_backend, "epoll") == 0 || strcmp(env_backend, "io_uring") == 0))
+        cr_assert_str_eq(name, env_backend);
+    cr_assert(why && why[0], "no reason given for the backend choice");
+    cr_assert_eq(goev_poller_count(r), 1);
+    cr_assert_null(goev_reactor_poller(r, 1));
+    cr_assert_null(goev_reactor_poller(r, -1));
+    goev_reactor_free(r);
+}
+
+Test(backend, bogus_env_rejected, .timeout = TU_TIMEOUT)
+{
+    setenv("GOEV_BACKEND", "bogus", 1);
+    goev_reactor *r = NULL;
+    int rc = goev_reactor_new(&r, NULL);
+    cr_assert_eq(rc, -EINVAL, "GOEV_BACKEND=bogus: %d", rc);
+    cr_assert_null(r);
+    const char *err = goev_last_error();
+    cr_assert(err && (strstr(err, "bogus") || strstr(err, "GOEV_BACKEND")),
+              "goev_last_error does not say why: '%s'", err ? err : "(null)");
+}
+
+Test(backend, bad_options_rejected, .init = save_env, .timeout = TU_TIMEOUT)
+{
+    struct goev_reactor_opts o;
+    goev_reactor_opts_init(&o);
+    o.pollers = -1;
+    goev_reactor *r = NULL;
+    cr_assert_eq(goev_reactor_new(&r, &o), -EINVAL, "pollers = -1 accepted");
+    cr_assert(goev_last_error()[0], "no reason for the refusal");
+    if (env_backend && strcmp(env_backend, "io_uring") == 0) {
+        /* Provided-buffer counts must be powers of two up to 32768. */
+        goev_reactor_opts_init(&o);
+        o.read_bufs = 1000;
+        int rc = goev_reactor_new(&r, &o);
+        if (rc == -ENOSYS || rc == -EPERM)
+            cr_skip_test("io_uring unavailable: %s", goev_last_error());
+        cr_assert_eq(rc, -EINVAL, "read_bufs = 1000: %d", rc);
+        o.read_bufs = 65536;
+        cr_assert_eq(goev_reactor_new(&r, &o), -EINVAL, "read_bufs = 65536 accepted");
+    }
+}
+
+Test(backend, debug_line, .init = save_env, .timeout = TU_TIMEOUT)
+{
+    /* GOEV_DEBUG=1: one line on stderr names the backend. */
+    FILE *tmp = tmpfile();
+    cr_assert(tmp);
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fileno(tmp), 2);
+    setenv("GOEV_DEBUG", "1", 1);
+    goev_reactor *r = NULL;
+    int rc = goev_reactor_new(&r, NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    unsetenv("GOEV_DEBUG");
+    if ((rc == -ENOSYS || rc == -EPERM) && env_backend && strcmp(env_backend, "io_uring") == 0)
+        cr_skip_test("io_uring unavailable");
+    cr_assert_eq(rc, 0, "goev_reactor_new: %d (%s)", rc, goev_last_error());
+    char buf[1024] = {0};
+    rewind(tmp);
+    size_t n = fread(buf, 1, sizeof buf - 1, tmp);
+    fclose(tmp);
+    cr_assert(n > 0, "GOEV_DEBUG=1 printed nothing");
+    cr_assert(strstr(buf, goev_backend_name(r)), "debug line '%s' does not name %s", buf,
+              goev_backend_name(r));
+    goev_reactor_free(r);
+}
+
+#ifdef GOEV_HAVE_SECCOMP
+/* What a container does: io_uring_setup fails with EPERM. */
+static void deny_io_uring(void)
+{
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    cr_assert(ctx);
+    /* Threads that already exist (Criterion's) get the filter too. */
+    seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+    cr_assert_eq(seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(io_uring_setup), 0), 0);
+    int rc = seccomp_load(ctx);
+    seccomp_release(ctx);
+    cr_assert_eq(rc, 0, "seccomp_load: %s", strerror(-rc));
+}
+
+struct pair_h {
+    goev_handler h;
+    int closes, reads;
+};
+
+static ssize_t pair_on_read(goev_handler *h, const char *d, size_t n)
+{
+    struct pair_h *x = (struct pair_h *)h;
+    TU_INC(&x->reads);
+    return goev_write(h, d, n) == 0 ? (ssize_t)n : -EIO;
+}
+
+static void pair_on_close(goev_handler *h, int reason)
+{
+    struct pair_h *x = (struct pair_h *)h;
+    TU_INC(&x->closes);
+}
+
+static const struct goev_handler_ops pair_ops = {.on_read = pair_on_read, .on_close = pair_on_close};
+
+Test(backend, seccomp_auto_falls_back, .timeout = TU_TIMEOUT)
+{
+    deny_io_uring();
+    setenv("GOEV_BACKEND", "auto", 1);
+    goev_reactor *r = NULL;
+    int rc = goev_reactor_new(&r, NULL);
+    cr_assert_eq(rc, 0, "auto with io_uring denied: %d (%s)", rc, goev_last_error());
+    cr_assert_str_eq(goev_backend_name(r), "epoll");
+    const char *why = goev_backend_reason(r);
+    cr_assert(strstr(why, "not permitted") || strstr(why, "EPERM"),
+              "reason does not mention the failure: '%s'", why);
+    /* And the fallback works: echo through an adopted socketpair. */
+    int sv[2];
+    cr_assert(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    struct pair_h x = {0};
+    goev_handler_init(&x.h, &pair_ops);
+    cr_assert_eq(goev_conn_open(goev_reactor_poller(r, 0), &x.h, sv[0]), 0);
+    tu_reactor_start(r);
+    tu_set_io_timeout(sv[1], 5000);
+    cr_assert(tu_write_all(sv[1], "ping", 4) == 0);
+    char buf[4];
+    cr_assert_eq(tu_read_exact(sv[1], buf, 4), 0);
+    cr_assert(memcmp(buf, "ping", 4) == 0);
+    close(sv[1]);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x.closes) == 1, 5000));
+    tu_reactor_stop_wait(r);
+    goev_reactor_free(r);
+}
+
+Test(backend, seccomp_explicit_io_uring_fails, .timeout = TU_TIMEOUT)
+{
+    deny_io_uring();
+    setenv("GOEV_BACKEND", "io_uring", 1);
+    goev_reactor *r = NULL;
+    int rc = goev_reactor_new(&r, NULL);
+    const char *err = goev_last_error();
+#ifdef GOEV_HAVE_URING
+    cr_assert_eq(rc, -EPERM, "GOEV_BACKEND=io_uring with io_uring denied: %d", rc);
+#else
+    cr_assert(rc < 0, "GOEV_BACKEND=io_uring without an io_uring backend: %d", rc);
+#endif
+    cr_assert_null(r, "a failed goev_reactor_new stored a reactor");
+    cr_assert(err[0] && strstr(err, "io_uring"), "unclear goev_last_error: '%s'", err);
+}
+#endif
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+struct life {
+    goev_handler h;
+    goev_timer t;
+    int closes, reason, thread_ok;
+};
+
+static ssize_t life_on_read(goev_handler *h, const char *d, size_t n)
+{
+    return (ssize_t)n;
+}
+
+static int life_on_ready(goev_handler *h, unsigned ev)
+{
+    return 0;
+}
+
+static int life_on_timeout(goev_handler *h, goev_timer *t)
+{
+    return 0;
+}
+
+static void life_on_close(goev_handler *h, int reason)
+{
+    struct life *x = (struct life *)h;
+    x->reason = reason;
+    x->closes++;
+}
+
+static const struct goev_handler_ops life_ops = {
+    .on_read = life_on_read, .on_ready = life_on_ready, .on_timeout = life_on_timeout,
+    .on_close = life_on_close,
+};
+
+Test(backend, free_without_run_closes_everything, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    goev_reactor *r = tu_reactor_new(2);
+    goev_poller *p0 = goev_reactor_poller(r, 0), *p1 = goev_reactor_poller(r, 1);
+    struct life conn = {0}, watch = {0}, timer = {0};
+    goev_handler_init(&conn.h, &life_ops);
+    goev_handler_init(&watch.h, &life_ops);
+    goev_handler_init(&timer.h, &life_ops);
+    int sv[2];
+    cr_assert(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    cr_assert_eq(goev_conn_open(p0, &conn.h, sv[0]), 0);
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    cr_assert_eq(goev_watch(p1, &watch.h, efd, GOEV_READ), 0);
+    goev_timer_init(&timer.t);
+    cr_assert_eq(goev_timer_start(p1, &timer.h, &timer.t, 60000, 0), 0);
+    /* A handler already in use cannot be adopted again; nothing is called
+     * for the refused call and the fd stays ours. */
+    int sv2[2];
+    cr_assert(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2) == 0);
+    cr_assert_eq(goev_conn_open(p0, &conn.h, sv2[0]), -EINVAL);
+    cr_assert(fcntl(sv2[0], F_GETFD) != -1, "a refused goev_conn_open closed the fd");
+    close(sv2[0]);
+    close(sv2[1]);
+    /* Never run: freeing closes all three here, each with one on_close. */
+    goev_reactor_free(r);
+    cr_assert_eq(conn.closes, 1);
+    cr_assert_eq(watch.closes, 1);
+    cr_assert_eq(timer.closes, 1);
+    /* The adopted socket and the watched fd were closed: the peer sees EOF. */
+    size_t extra;
+    cr_assert_eq(tu_wait_eof(sv[1], 1000, &extra), 1);
+    close(sv[1]);
+    tu_assert_fds(fds);
+}
+
+Test(backend, run_state_errors, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    goev_reactor *r = tu_reactor_new(2);
+    cr_assert_eq(goev_reactor_wait(r), -EINVAL, "wait on a reactor never started");
+    tu_reactor_start(r);
+    cr_assert_eq(goev_reactor_start(r), -EALREADY);
+    cr_assert_eq(goev_reactor_run(r), -EALREADY);
+    tu_reactor_stop_wait(r);
+    cr_assert_eq(goev_reactor_start(r), -EALREADY, "restart after stop");
+    struct goev_stats st;
+    cr_assert_eq(goev_stats_get(r, 2, &st), -EINVAL);
+    cr_assert_eq(goev_stats_get(r, -2, &st), -EINVAL);
+    cr_assert_eq(goev_stats_get(r, -1, &st), 0);
+    cr_assert_eq(st.conns, 0);
+    goev_reactor_free(r);
+    goev_reactor_free(NULL);
+    tu_assert_fds(fds);
+}
