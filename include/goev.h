@@ -281,7 +281,8 @@ struct goev_handler {
 /* Initialise h with its vtable.  Any thread (before h is used). */
 GOEV_EXTERN void goev_handler_init(goev_handler *h, const struct goev_handler_ops *ops);
 
-/* The poller that owns h (NULL before it is attached).  Poller thread. */
+/* The poller that owns h (NULL before it is first attached; still the last
+ * owner during and after on_close).  Poller thread. */
 GOEV_EXTERN goev_poller *goev_handler_poller(const goev_handler *h);
 
 /* Id of h's connection for goev_async_write (0 if h has none).

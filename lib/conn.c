@@ -97,7 +97,7 @@ void goev__slots_fini(goev_poller *p)
 static struct goev__conn *attach(goev_poller *p, goev_handler *h, int kind, int *err)
 {
     *err = -EINVAL;
-    if (!h || (h->poller_ && h->poller_ != p))
+    if (!h || (h->conn_ && h->poller_ != p))
         return NULL;
     struct goev__conn *c = h->conn_;
     if (c) {
@@ -176,8 +176,7 @@ static void finish(struct goev__conn *c)
     c->in_cap = 0;
     goev__outq_clear(&c->p->pool, &c->out);
     slot_free(c);
-    h->conn_ = NULL;
-    h->poller_ = NULL;
+    h->conn_ = NULL;    /* h->poller_ stays: on_close may want its poller */
     if (h->ops && h->ops->on_close)
         h->ops->on_close(h, reason);
 }
@@ -698,7 +697,7 @@ int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
 {
     if (!p || !h || !t || !h->ops || !h->ops->on_timeout)
         return -EINVAL;
-    if (h->poller_ && h->poller_ != p)
+    if (h->conn_ && h->poller_ != p)
         return -EINVAL;
     if (h->conn_ && (h->conn_->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
         return -EINVAL;
