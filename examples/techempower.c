@@ -188,7 +188,11 @@ static ssize_t on_read(goev_handler *h, const char *data, size_t len)
 static void on_close(goev_handler *h, int reason)
 {
     struct conn *c = (struct conn *)((char *)h - offsetof(struct conn, h));
-    struct poller_state *ps = goev_poller_local(goev_handler_poller(h), LOCAL_SLOT);
+    /* The library detaches h before on_close (goev_handler_poller is NULL
+     * here), but on_close runs on the poller's thread - or on the main
+     * thread, with no poller, when a reactor that never ran is freed. */
+    goev_poller *p = goev_current_poller();
+    struct poller_state *ps = p ? goev_poller_local(p, LOCAL_SLOT) : NULL;
     if (ps && ps->free_count < FREE_KEEP) {
         c->next_free = ps->free_list;
         ps->free_list = c;

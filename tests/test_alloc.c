@@ -1,0 +1,205 @@
+/* test_alloc.c - no heap allocation per request in steady state.
+ *
+ * The test executable interposes malloc/calloc/realloc (ELF lookup finds the
+ * executable's definitions before libc's, for the library too) and counts
+ * the calls made on the poller thread while a flag, set through goev_post,
+ * is up.  After a warm-up that fills the pools, thousands of request/response
+ * round trips on several connections - with a timer re-armed on every read,
+ * a kept tail and pipelined writes - must not allocate at all.
+ *
+ * Sanitizers replace malloc themselves; under them the test is skipped. */
+#include "testutil.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define NO_INTERPOSE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NO_INTERPOSE 1
+#endif
+#endif
+
+static __thread int counting;
+static int allocs;
+
+#if !defined(NO_INTERPOSE) && !defined(TEST_ALLOC_NO_HOOK)
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+
+void *malloc(size_t n)
+{
+    if (counting)
+        __atomic_add_fetch(&allocs, 1, __ATOMIC_RELAXED);
+    return __libc_malloc(n);
+}
+
+void *calloc(size_t n, size_t m)
+{
+    if (counting)
+        __atomic_add_fetch(&allocs, 1, __ATOMIC_RELAXED);
+    return __libc_calloc(n, m);
+}
+
+void *realloc(void *p, size_t n)
+{
+    if (counting)
+        __atomic_add_fetch(&allocs, 1, __ATOMIC_RELAXED);
+    return __libc_realloc(p, n);
+}
+#endif
+
+/* A line protocol: every "\n"-terminated request gets "ok:<line>\n" back;
+ * a partial line stays with the library until the rest arrives. */
+struct conn {
+    goev_handler h;
+    goev_timer idle;
+    int closed;
+};
+
+static int conns_open;
+
+static ssize_t on_read(goev_handler *h, const char *data, size_t len)
+{
+    struct conn *c = (struct conn *)h;
+    goev_timer_start(goev_handler_poller(h), h, &c->idle, 30000, 0);
+    size_t used = 0;
+    for (;;) {
+        const char *nl = memchr(data + used, '\n', len - used);
+        if (!nl)
+            break;
+        size_t n = (size_t)(nl - (data + used)) + 1;
+        if (goev_write(h, "ok:", 3) < 0 || goev_write(h, data + used, n) < 0)
+            return -EIO;
+        used += n;
+    }
+    return (ssize_t)used;
+}
+
+static int on_timeout(goev_handler *h, goev_timer *t)
+{
+    (void)t;
+    return goev_close(h);
+}
+
+static void on_close(goev_handler *h, int reason)
+{
+    (void)reason;
+    struct conn *c = (struct conn *)h;
+    c->closed = 1;
+    __atomic_sub_fetch(&conns_open, 1, __ATOMIC_RELAXED);
+    free(c);
+}
+
+static int on_open(goev_handler *h)
+{
+    (void)h;
+    __atomic_add_fetch(&conns_open, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static const struct goev_handler_ops ops = {
+    .on_open = on_open, .on_read = on_read, .on_timeout = on_timeout, .on_close = on_close,
+};
+
+static goev_handler *new_conn(goev_poller *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    goev_handler_init(&c->h, &ops);
+    goev_timer_init(&c->idle);
+    return &c->h;
+}
+
+static void count_on(goev_poller *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    counting = 1;
+}
+
+static void count_off(goev_poller *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    counting = 0;
+}
+
+enum { NCONN = 8, DEPTH = 4 };
+
+/* rounds x NCONN x DEPTH requests, each request split in two writes so that
+ * the library keeps a tail now and then. */
+static void traffic(int *fds, int rounds)
+{
+    static const char req[] = "GET /some/path?with=query and some padding\n";
+    const size_t rl = sizeof req - 1;
+    char expect[3 + sizeof req];
+    memcpy(expect, "ok:", 3);
+    memcpy(expect + 3, req, rl);
+    char buf[DEPTH * sizeof expect];
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < NCONN; i++) {
+            for (int d = 0; d < DEPTH; d++) {
+                size_t cut = (size_t)(r + d) % rl;
+                cr_assert(tu_write_all(fds[i], req, cut) == 0);
+                cr_assert(tu_write_all(fds[i], req + cut, rl - cut) == 0);
+            }
+        }
+        for (int i = 0; i < NCONN; i++) {
+            cr_assert(tu_read_exact(fds[i], buf, DEPTH * (rl + 3)) == 0, "round %d conn %d", r, i);
+            for (int d = 0; d < DEPTH; d++)
+                cr_assert(memcmp(buf + d * (rl + 3), expect, rl + 3) == 0);
+        }
+    }
+}
+
+Test(alloc, steady_state_allocates_nothing, .timeout = TU_TIMEOUT)
+{
+#ifdef NO_INTERPOSE
+    cr_skip_test("malloc is the sanitizer's in this build");
+#else
+    int fd0 = tu_fd_count();
+    goev_reactor *r = tu_reactor_new(1);
+    goev_acceptor *a;
+    cr_assert(goev_acceptor_new(&a, r, r, "127.0.0.1:0", NULL, new_conn, NULL) == 0);
+    tu_reactor_start(r);
+    int fds[NCONN];
+    for (int i = 0; i < NCONN; i++) {
+        cr_assert((fds[i] = tu_connect_tcp4(goev_acceptor_port(a))) >= 0);
+        int one = 1;    /* split requests must not wait for delayed ACKs */
+        setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    cr_assert(TU_WAIT_FOR(__atomic_load_n(&conns_open, __ATOMIC_RELAXED) == NCONN, 5000));
+
+    traffic(fds, 200);      /* warm-up: pools and buffers reach their size */
+    goev_poller *p = goev_reactor_poller(r, 0);
+    tu_run_on(p, count_on, NULL);
+    struct goev_stats s0, s1;
+    goev_stats_get(r, 0, &s0);
+    traffic(fds, 1000);
+    goev_stats_get(r, 0, &s1);
+    tu_run_on(p, count_off, NULL);
+    int n = __atomic_load_n(&allocs, __ATOMIC_RELAXED);
+    uint64_t reqs = 1000ull * NCONN * DEPTH;
+    cr_assert(s1.bytes_in - s0.bytes_in >= reqs * 40, "traffic did not reach the server");
+    cr_assert_eq(n, 0, "%d heap allocations on the poller thread for %llu requests (%s)", n,
+                 (unsigned long long)reqs, goev_backend_name(r));
+
+    for (int i = 0; i < NCONN; i++)
+        close(fds[i]);
+    cr_assert(TU_WAIT_FOR(__atomic_load_n(&conns_open, __ATOMIC_RELAXED) == 0, 5000));
+    tu_reactor_stop_wait(r);
+    goev_acceptor_free(a);
+    goev_reactor_free(r);
+    tu_assert_fds(fd0);
+#endif
+}
