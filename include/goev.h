@@ -373,7 +373,10 @@ struct goev_acceptor_opts {
 GOEV_EXTERN void goev_acceptor_opts_init(struct goev_acceptor_opts *o);
 
 /* Make a handler for a new connection on poller p (on p's thread).  Return
- * an initialised handler, or NULL to refuse (the socket is closed). */
+ * an initialised handler, or NULL to refuse (the socket is closed).  If the
+ * library then cannot take the connection on (out of memory), the socket is
+ * closed and the handler's on_close is called with the error, so that its
+ * memory is released the usual way. */
 typedef goev_handler *(*goev_new_handler_fn)(goev_poller *p, void *arg);
 
 /* Listen on addr.  Connections are accepted by poller 0 of accept_r (or, with
@@ -415,7 +418,8 @@ GOEV_EXTERN int goev_connect(goev_poller *p, goev_handler *h, const char *addr, 
 /* Watch fd (eventfd, pipe, timerfd, signalfd, UDP socket...) for readiness
  * on poller p; events = GOEV_READ and/or GOEV_WRITE, optionally with
  * GOEV_WATCH_KEEP_FD.  on_ready (required) is called while the fd is ready.
- * goev_close(h) ends the watch.  Returns 0, -EINVAL, -ENOMEM, -EEXIST.
+ * goev_close(h) ends the watch.  Returns 0, -EINVAL (bad events, h already
+ * in use, no on_ready), -ENOMEM.
  * Poller thread of p. */
 GOEV_EXTERN int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned events);
 
