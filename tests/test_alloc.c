@@ -134,6 +134,13 @@ static void count_off(goev_poller *p, void *arg)
     counting = 0;
 }
 
+static void stall(goev_poller *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    tu_sleep_ms(60);
+}
+
 enum { NCONN = 8, DEPTH = 4 };
 
 /* rounds x NCONN x DEPTH requests, each request split in two writes so that
@@ -180,8 +187,32 @@ Test(alloc, steady_state_allocates_nothing, .timeout = TU_TIMEOUT)
     }
     cr_assert(TU_WAIT_FOR(__atomic_load_n(&conns_open, __ATOMIC_RELAXED) == NCONN, 5000));
 
-    traffic(fds, 200);      /* warm-up: pools and buffers reach their size */
+    /* Warm-up: pools and buffers reach their size.  Each connection is
+     * made to keep a tail once (half a request, a pause, the rest), so its
+     * tail buffer exists before counting starts. */
+    traffic(fds, 200);
+    /* And every connection needs an output chunk in the same pass once:
+     * stall the poller while all of them send, so the pool reaches its
+     * high-water mark here and not during the count. */
     goev_poller *p = goev_reactor_poller(r, 0);
+    for (int k = 0; k < 3; k++) {
+        cr_assert(goev_post(p, stall, NULL) == 0);
+        tu_sleep_ms(10);
+        for (int i = 0; i < NCONN; i++)
+            cr_assert(tu_write_all(fds[i], "x\n", 2) == 0);
+        for (int i = 0; i < NCONN; i++) {
+            char reply[5];
+            cr_assert(tu_read_exact(fds[i], reply, 5) == 0);
+        }
+    }
+    for (int i = 0; i < NCONN; i++) {
+        char reply[64];
+        cr_assert(tu_write_all(fds[i], "half a req", 10) == 0);
+        tu_sleep_ms(20);
+        cr_assert(tu_write_all(fds[i], "uest\n", 5) == 0);
+        cr_assert(tu_read_exact(fds[i], reply, 3 + 15) == 0);
+        cr_assert(memcmp(reply, "ok:half a request\n", 18) == 0);
+    }
     tu_run_on(p, count_on, NULL);
     struct goev_stats s0, s1;
     goev_stats_get(r, 0, &s0);
