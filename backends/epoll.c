@@ -147,13 +147,18 @@ static void ep_flush(struct goev__conn *c)
 static void ep_conn_close(struct goev__conn *c)
 {
     goev_poller *p = c->p;
-    if (c->flags & GOEV__C_KEEP_FD) {
+    /* Closing an fd leaves the epoll set only when no other descriptor
+     * refers to its file.  The sockets goev makes are never dup'ed, but a
+     * watched fd is the application's and may be (dup, fork): remove it
+     * first, or its events would keep coming for a dead or reused slot. */
+    if ((c->flags & GOEV__C_KEEP_FD) || c->kind == GOEV__K_WATCH) {
         if (c->b.ep.events & REGISTERED) {
             epoll_ctl(EP(p)->epfd, EPOLL_CTL_DEL, c->fd, NULL);
             GOEV__STAT_INC(p, sys_ctl);
         }
-    } else if (c->fd >= 0) {
-        close(c->fd);   /* also leaves the epoll set: the fd is never dup'ed */
+    }
+    if (!(c->flags & GOEV__C_KEEP_FD) && c->fd >= 0) {
+        close(c->fd);
         GOEV__STAT_INC(p, sys_other);
     }
     c->b.ep.events = 0;
@@ -240,6 +245,11 @@ static void on_conn(struct goev__conn *c, uint32_t ev)
             err = ECONNREFUSED;
         }
         goev__on_connected(c, -err);
+        /* Not reading (paused or closing gracefully from on_open): the
+         * kernel still has the connect's EPOLLOUT, which would fire on
+         * every wait.  Drop the registration; conn_start adds it back. */
+        if (!err && !(c->flags & GOEV__C_CLOSING) && c->b.ep.events == REGISTERED)
+            set_events(c, 0);
         return;
     }
     if ((ev & EPOLLOUT) && (c->b.ep.events & EPOLLOUT)) {
@@ -288,7 +298,7 @@ static int ep_wait(goev_poller *p, int timeout_ms)
             struct goev__conn *c = e->evs[i].data.ptr;
             /* A connection closed earlier in this batch keeps its slot until
              * the end of the pass, so the pointer is still safe to look at. */
-            if (!(c->flags & GOEV__C_CLOSING))
+            if (!(c->flags & (GOEV__C_CLOSING | GOEV__C_DEAD)))
                 on_conn(c, e->evs[i].events);
         }
     }

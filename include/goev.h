@@ -164,13 +164,16 @@ GOEV_EXTERN uint64_t goev_poller_now_ms(const goev_poller *p);
 
 /* Run fn(p, arg) on p's thread, at its next loop pass.  Functions posted to
  * one poller run in the order they were posted.  If the reactor stops first,
- * they still run, during the stop.  Returns 0 or -ENOMEM.  Any thread. */
+ * they still run, during the stop (what they open there is closed again,
+ * with -ECANCELED).  Returns 0, -ENOMEM, or -ESHUTDOWN once p has finished
+ * stopping (fn will not run).  Any thread. */
 typedef void (*goev_post_fn)(goev_poller *p, void *arg);
 GOEV_EXTERN int goev_post(goev_poller *p, goev_post_fn fn, void *arg);
 
 /* goev_post to every poller of r (fn runs once per poller, each on its own
- * thread, all with the same arg).  Returns 0 or -ENOMEM (in which case it
- * may have been posted to some pollers).  Any thread. */
+ * thread, all with the same arg).  Returns 0, or -ENOMEM / -ESHUTDOWN as
+ * goev_post (in which case it may have been posted to some pollers).  Any
+ * thread. */
 GOEV_EXTERN int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg);
 
 /* Poller-local storage: GOEV_LOCAL_SLOTS pointers per poller, NULL at first,
@@ -309,7 +312,8 @@ GOEV_EXTERN int goev_abort(goev_handler *h);
 /* Connections                                                              */
 
 /* Adopt a connected stream socket fd (TCP or unix) on poller p.  The library
- * makes it non-blocking, owns it from now on (closes it at the end), calls
+ * makes it non-blocking, owns it from now on (closes it at the end; keep no
+ * duplicate of it, or epoll keeps reporting it after the close), calls
  * on_open and starts reading.  Returns 0, -EINVAL (h already in use, no
  * on_read), -ENOMEM; on failure fd is left open and h untouched.
  * Poller thread of p. */
@@ -342,9 +346,10 @@ GOEV_EXTERN int goev_shutdown(goev_handler *h);
  * are delivered in the order they were made, each queued as by goev_write
  * and flushed at the end of that poller's pass.  Returns 0, -ENOTCONN if the
  * connection is already known to be gone, -EINVAL for a malformed id,
- * -ENOMEM.  A connection that closes after the call but before delivery
- * drops the bytes (counted in goev_stats.async_dropped); the call never
- * touches freed memory.  Any thread. */
+ * -ENOMEM (-ENOTCONN also once the owning poller has finished stopping).
+ * A connection that closes after the call but before delivery drops the
+ * bytes (counted in goev_stats.async_dropped); the call never touches freed
+ * memory.  Any thread. */
 GOEV_EXTERN int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len);
 
 /* ------------------------------------------------------------------------ */

@@ -49,8 +49,14 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
     }
     struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
     uint32_t gen = c->gen;
+    /* A connection closed after it was marked dirty stays linked on the
+     * flush list until the end of the pass: keep the link. */
+    uint32_t dirty = c->flags & GOEV__C_DIRTY;
+    struct goev__conn *dirty_next = c->dirty_next;
     memset(c, 0, sizeof *c);
     c->gen = gen;
+    c->flags = dirty;
+    c->dirty_next = dirty_next;
     c->slot = slot;
     c->p = p;
     c->h = h;
@@ -71,7 +77,7 @@ static void slot_free(struct goev__conn *c)
     uint32_t gen = c->gen + 1;
     __atomic_store_n(&c->gen, gen ? gen : 1, __ATOMIC_RELAXED);
     c->h = NULL;
-    c->flags = GOEV__C_DEAD;
+    c->flags = GOEV__C_DEAD | (c->flags & GOEV__C_DIRTY);   /* see slot_alloc */
     p->free_slots[p->nfree++] = c->slot;
     p->nlive--;
 }
@@ -168,7 +174,7 @@ static void finish(struct goev__conn *c)
 {
     goev_handler *h = c->h;
     int reason = c->close_reason;
-    if (c->kind == GOEV__K_STREAM)
+    if (c->kind == GOEV__K_STREAM && (c->flags & GOEV__C_OPEN))    /* counted in opened() */
         GOEV__STAT_ADD(c->p, conns, (uint64_t)-1);
     free(c->in);
     c->in = NULL;
@@ -556,10 +562,12 @@ void goev__on_connected(struct goev__conn *c, int err)
     c->flags &= ~GOEV__C_CONNECTING;
     goev_timer_cancel(&c->conn_timer);
     if (err) {
+        /* Closing first keeps err as on_close's reason even if
+         * on_connect_fail calls goev_close itself. */
         goev_handler *h = c->h;
+        goev__conn_close(c, err);
         if (h->ops->on_connect_fail)
             h->ops->on_connect_fail(h, err);
-        goev__conn_close(c, err);
         return;
     }
     opened(c);
@@ -702,13 +710,16 @@ int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
     if (h->conn_ && (h->conn_->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
         return -EINVAL;
     goev_timer_cancel(t);
-    if (!h->conn_ && !slot_alloc(p, h))
+    bool fresh = !h->conn_;
+    if (fresh && !slot_alloc(p, h))
         return -ENOMEM;
     t->h_ = h;
     t->period_ = period_ms;
     t->when_ = p->now_ms + delay_ms;
     if (goev__heap_push(&p->timers, t) < 0) {
         t->idx_ = UINT32_MAX;
+        if (fresh && !h->timers_)   /* a failed call leaves h as it was */
+            detach(h->conn_);
         return -ENOMEM;
     }
     t->prev_ = NULL;

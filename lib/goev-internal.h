@@ -203,6 +203,7 @@ struct goev__msg {
 struct goev__mq {
     pthread_mutex_t mu;
     struct goev__msg *head, **tailp;
+    int closed;     /* the poller's stop is over: refuse messages */
 };
 
 /* ---- backend seam -------------------------------------------------------- */
@@ -291,7 +292,7 @@ struct goev_reactor {
     int stop;                   /* atomic */
     int state;                  /* 0 new, 1 running, 2 done */
     struct goev_reactor_opts opts;
-    char reason[192];
+    char reason[256];
     pthread_t *threads;
     int started_async;
 };

@@ -150,6 +150,8 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
     }
     if (!o.max_input)
         o.max_input = 16u << 20;
+    if (o.max_input > UINT32_MAX)   /* the kept tail's length is 32 bits */
+        o.max_input = UINT32_MAX;
 
     goev_reactor *r = calloc(1, sizeof *r);
     if (!r)
@@ -217,11 +219,17 @@ static bool mq_nonempty(goev_poller *p)
 
 /* Queue m for p.  Only the producer that makes the queue non-empty may need
  * to wake the poller, and only if it is (about to be) blocked: the poller
- * publishes `sleeping` before its last look at the queue (both seq_cst). */
-static void mq_push(goev_poller *p, struct goev__msg *m)
+ * publishes `sleeping` before its last look at the queue (both seq_cst).
+ * Once the poller's stop is over nobody would ever take m: -ESHUTDOWN, and
+ * m stays the caller's. */
+static int mq_push(goev_poller *p, struct goev__msg *m)
 {
     m->next = NULL;
     pthread_mutex_lock(&p->mq.mu);
+    if (p->mq.closed) {
+        pthread_mutex_unlock(&p->mq.mu);
+        return -ESHUTDOWN;
+    }
     bool was_empty = p->mq.head == NULL;
     if (was_empty)
         __atomic_store_n(&p->mq.head, m, __ATOMIC_SEQ_CST);
@@ -231,16 +239,24 @@ static void mq_push(goev_poller *p, struct goev__msg *m)
     pthread_mutex_unlock(&p->mq.mu);
     if (was_empty && __atomic_load_n(&p->sleeping, __ATOMIC_SEQ_CST))
         p->be->wake(p);
+    return 0;
 }
 
-static void mq_drain(goev_poller *p, bool stopping)
+/* Take the whole queue; with close, refuse every later message. */
+static struct goev__msg *mq_take(goev_poller *p, bool close)
 {
     pthread_mutex_lock(&p->mq.mu);
     struct goev__msg *m = p->mq.head;
     __atomic_store_n(&p->mq.head, NULL, __ATOMIC_SEQ_CST);
     p->mq.tailp = &p->mq.head;
+    if (close)
+        p->mq.closed = 1;
     pthread_mutex_unlock(&p->mq.mu);
+    return m;
+}
 
+static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
+{
     while (m) {
         struct goev__msg *next = m->next;
         switch (m->kind) {
@@ -269,6 +285,11 @@ static void mq_drain(goev_poller *p, bool stopping)
     }
 }
 
+static void mq_drain(goev_poller *p, bool stopping)
+{
+    mq_run(p, mq_take(p, false), stopping);
+}
+
 int goev_post(goev_poller *p, goev_post_fn fn, void *arg)
 {
     if (!p || !fn)
@@ -279,8 +300,10 @@ int goev_post(goev_poller *p, goev_post_fn fn, void *arg)
     m->kind = GOEV__M_POST;
     m->u.post.fn = fn;
     m->u.post.arg = arg;
-    mq_push(p, m);
-    return 0;
+    int rc = mq_push(p, m);
+    if (rc < 0)
+        free(m);
+    return rc;
 }
 
 int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg)
@@ -315,7 +338,10 @@ int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t 
     m->u.write.len = len;
     if (len)
         memcpy(m->data, data, len);
-    mq_push(p, m);
+    if (mq_push(p, m) < 0) {
+        free(m);
+        return -ENOTCONN;
+    }
     return 0;
 }
 
@@ -331,7 +357,10 @@ void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
     m->kind = GOEV__M_HANDOFF;
     m->u.handoff.fd = fd;
     m->u.handoff.a = a;
-    mq_push(p, m);
+    if (mq_push(p, m) < 0) {     /* that reactor has stopped */
+        free(m);
+        close(fd);
+    }
 }
 
 void goev__on_wake(goev_poller *p)
@@ -383,25 +412,45 @@ static void poller_loop(goev_poller *p)
     }
 }
 
-/* Close everything p owns and wait (bounded) for the backend to let go. */
+/* Close everything p owns and wait (bounded) for the backend to let go.
+ * Functions posted before the stop still run here, and they (or on_close
+ * callbacks) may open connections or start timers: each round closes what
+ * is open again.  The last round closes the queue, so nothing posted later
+ * is left behind unrun and unfreed. */
 static void poller_shutdown(goev_poller *p)
 {
     for (struct goev__listener *l = p->listeners; l; l = l->next)
         goev__listener_shutdown(l);
-    goev__close_all(p, -ECANCELED);
     uint64_t deadline = goev__now_ms() + 5000;
-    for (;;) {
-        p->now_ms = goev__now_ms();
-        goev__run_pending(p);
-        goev__flush_dirty(p);
-        if (!p->nlive || p->now_ms > deadline)
+    bool closed = false;
+    for (int round = 0;; round++) {
+        for (;;) {
+            goev__close_all(p, -ECANCELED);
+            p->now_ms = goev__now_ms();
+            goev__run_pending(p);
+            goev__flush_dirty(p);
+            if (!p->nlive || p->now_ms > deadline)
+                break;
+            p->be->wait(p, 10);
+        }
+        if (closed)
             break;
-        p->be->wait(p, 10);
+        struct goev__msg *m;
+        if (round < 8 && mq_nonempty(p)) {
+            m = mq_take(p, false);
+        } else {
+            m = mq_take(p, true);
+            closed = true;
+            if (!m)
+                break;
+        }
+        mq_run(p, m, true);
     }
-    for (int round = 0; round < 8 && mq_nonempty(p); round++)
-        mq_drain(p, true);
     goev__run_pending(p);
     p->be->thread_stop(p);
+    /* thread_stop reaps the last completions: what they released still gets
+     * its on_close. */
+    goev__run_pending(p);
 }
 
 static void pin(goev_poller *p)
@@ -514,13 +563,14 @@ void goev_reactor_free(goev_reactor *r)
         return;
     if (r->state == 0) {
         /* Never ran: close what was set up, here, as the pollers would. */
+        goev_poller *saved = tls_poller;
         for (int i = 0; i < r->npollers; i++) {
             goev_poller *p = &r->pollers[i];
             tls_poller = p;
             if (p->be->thread_start(p) == 0)
                 poller_shutdown(p);
-            tls_poller = NULL;
         }
+        tls_poller = saved;
     }
     for (int i = 0; i < r->npollers; i++)
         poller_fini(&r->pollers[i]);
