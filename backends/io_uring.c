@@ -172,8 +172,11 @@ static int self_test(struct io_uring *ring, char *why, size_t len)
     struct io_uring_cqe *cqe = NULL;
     rc = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
     if (rc < 0 && rc != -ETIME) {
+        /* A refused system call keeps its errno; anything else means the
+         * kernel cannot do what goev needs. */
         why_errno(why, len, "multishot recv self-test", rc);
-        rc = -EOPNOTSUPP;
+        if (rc != -EPERM && rc != -ENOSYS && rc != -ENOMEM)
+            rc = -EOPNOTSUPP;
         goto out_sock;
     }
     if (io_uring_peek_cqe(ring, &cqe) < 0 || !cqe) {
@@ -217,10 +220,18 @@ static int ur_probe(char *why, size_t len)
             rc = -EOPNOTSUPP;
             goto out;
         }
-    struct io_uring_probe *pr = io_uring_get_probe_ring(&ring);
+    /* io_uring_get_probe_ring would hide the errno (a sandbox that allows
+     * io_uring_setup but not io_uring_register answers EPERM). */
+    enum { PROBE_OPS = 256 };
+    struct io_uring_probe *pr = calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
     if (!pr) {
-        snprintf(why, len, "io_uring opcode probe failed");
-        rc = -EOPNOTSUPP;
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = io_uring_register_probe(&ring, pr, PROBE_OPS);
+    if (rc < 0) {
+        why_errno(why, len, "io_uring opcode probe (io_uring_register)", rc);
+        free(pr);
         goto out;
     }
     static const struct {
@@ -238,7 +249,7 @@ static int ur_probe(char *why, size_t len)
             rc = -EOPNOTSUPP;
             break;
         }
-    io_uring_free_probe(pr);
+    free(pr);
     if (rc == 0)
         rc = self_test(&ring, why, len);
     if (rc == 0)

@@ -101,7 +101,8 @@ GOEV_EXTERN void goev_reactor_opts_init(struct goev_reactor_opts *o);
  * (see OVERVIEW) and sets up every poller, but starts no thread.
  * Returns 0 and stores the reactor in *out, or a negative errno:
  * -EINVAL (bad option or GOEV_BACKEND value), -ENOSYS/-EPERM (GOEV_BACKEND=
- * io_uring and the kernel refuses it), -ENOMEM, -EMFILE.  On failure the
+ * io_uring and the kernel or a sandbox refuses it), -EOPNOTSUPP (GOEV_BACKEND=
+ * io_uring and the kernel lacks a feature goev needs), -ENOMEM, -EMFILE.  On failure the
  * reason is also available from goev_last_error().  Any thread. */
 GOEV_EXTERN int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts);
 
