@@ -109,6 +109,11 @@ static inline int serve_run(goev_reactor *r, const struct serve_opts *o,
 
     fprintf(stderr, "listening on %d backend=%s\n", goev_acceptor_port(a), goev_backend_name(r));
     err = goev_reactor_run(r);
+    /* The reactor is about to be freed: a further SIGINT/SIGTERM during the
+     * teardown must not reach goev_reactor_stop on freed memory. */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if (err < 0)
         fprintf(stderr, "goev_reactor_run: %s\n", strerror(-err));
     if (o->stats)
