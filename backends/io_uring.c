@@ -191,7 +191,29 @@ static int self_test(struct io_uring *ring, char *why, size_t len)
     }
     rc = 0;
 out_sock:
-    close(sv[0]);   /* ends the recv; the ring is torn down next anyway */
+    /* End the multishot recv here and reap what it posts.  Left for the
+     * ring's teardown, its cancellation would be task work aimed at this
+     * thread - the application's - and would interrupt a blocking call
+     * there with EINTR (seen on a connect with SO_SNDTIMEO). */
+    io_uring_cq_advance(ring, io_uring_cq_ready(ring));
+    s = io_uring_get_sqe(ring);
+    if (s) {
+        io_uring_prep_cancel64(s, 1, 0);
+        io_uring_sqe_set_data64(s, 2);
+        bool recv_done = false, cancel_done = false;
+        struct __kernel_timespec t1 = { .tv_nsec = 200 * 1000 * 1000 };
+        if (io_uring_submit(ring) >= 0) {
+            while (!(recv_done && cancel_done) &&
+                   io_uring_wait_cqe_timeout(ring, &cqe, &t1) == 0) {
+                if (cqe->user_data == 2)
+                    cancel_done = true;
+                else if (!(cqe->flags & IORING_CQE_F_MORE))
+                    recv_done = true;
+                io_uring_cqe_seen(ring, cqe);
+            }
+        }
+    }
+    close(sv[0]);
     close(sv[1]);
 out_ring:
     io_uring_unregister_buf_ring(ring, BGID);

@@ -726,7 +726,7 @@ Test(stress, accept_recovers_after_emfile, .init = init_test, .timeout = TU_TIME
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s.port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     for (int i = 0; i < MF_CLIENTS; i++)
-        cr_assert(connect(cfd[i], (struct sockaddr *)&sa, sizeof sa) == 0, "connect: %s",
+        cr_assert(tu_connect_fd(cfd[i], (struct sockaddr *)&sa, sizeof sa) == 0, "connect: %s",
                   strerror(errno));
     /* The server must hit EMFILE, back off, and keep trying. */
     bool backed_off = TU_WAIT_FOR(stats(&s).accept_backoffs >= 2, 5000);

@@ -143,13 +143,41 @@ void tu_set_io_timeout(int fd, int ms)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
+int tu_connect_fd(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (connect(fd, sa, len) == 0)
+        return 0;
+    if (errno != EINTR)
+        return -1;
+    /* An interrupted connect goes on in the kernel: wait for its outcome
+     * instead of calling connect again (which would say EALREADY). */
+    struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+    int n;
+    do
+        n = poll(&pfd, 1, TU_IO_TIMEOUT_MS);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        errno = ETIMEDOUT;
+    if (n <= 0)
+        return -1;
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+        return -1;
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
 int tu_connect_sa(const struct sockaddr *sa, socklen_t len)
 {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     tu_set_io_timeout(fd, TU_IO_TIMEOUT_MS);
-    if (connect(fd, sa, len) < 0) {
+    if (tu_connect_fd(fd, sa, len) < 0) {
         int e = errno;
         close(fd);
         errno = e;

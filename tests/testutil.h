@@ -72,6 +72,8 @@ int tu_connect_tcp4(int port);
 int tu_connect_tcp6(int port);
 int tu_connect_unix(const char *path);
 int tu_connect_sa(const struct sockaddr *sa, socklen_t len);
+/* connect() on an existing blocking socket, riding out EINTR: 0 or -1. */
+int tu_connect_fd(int fd, const struct sockaddr *sa, socklen_t len);
 void tu_set_io_timeout(int fd, int ms);
 
 /* Write all len bytes: 0 or -errno. */
