@@ -290,8 +290,7 @@ static int ep_wait(goev_poller *p, int timeout_ms)
             uint64_t v;
             ssize_t rc = read(p->wake_fd, &v, sizeof v);
             (void)rc;
-            GOEV__STAT_INC(p, sys_read);
-            goev__on_wake(p);
+            GOEV__STAT_INC(p, sys_read);   /* the loop drains the queue */
         } else if (u & TAG_LISTENER) {
             on_listener((struct goev__listener *)(uintptr_t)(u & ~(uint64_t)TAG_LISTENER));
         } else {

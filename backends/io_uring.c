@@ -899,9 +899,7 @@ static void on_wake(goev_poller *p, struct ur *u, int res)
             fcntl(p->wake_fd, F_SETFL, fl & ~O_NONBLOCK);
         GOEV__STAT_ADD(p, sys_other, 2);
     }
-    arm_wake(p, u);
-    if (res > 0)
-        goev__on_wake(p);
+    arm_wake(p, u);     /* the loop drains the queue every pass */
 }
 
 static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cqe)

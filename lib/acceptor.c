@@ -24,7 +24,6 @@ struct goev_acceptor {
     struct goev__listener l[];
 };
 
-void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 
 void goev_acceptor_opts_init(struct goev_acceptor_opts *o)
 {

@@ -318,8 +318,11 @@ GOEV__HIDDEN void goev__on_released(struct goev__conn *c);
 /* Listener l accepted fd (>= 0), or failed with err (< 0). */
 GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
 GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
-/* The poller's wake eventfd fired (the backend has already reset it). */
-GOEV__HIDDEN void goev__on_wake(goev_poller *p);
+/* (A wake-up needs no entry point: the backend resets the eventfd, the wait
+ * ends, and the loop drains the cross-thread queue on every pass.) */
+
+/* Hand an accepted fd to poller p's thread (acceptor.c decides when). */
+GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 
 /* Core helpers shared by the files of lib/ */
 GOEV__HIDDEN void goev__conn_close(struct goev__conn *c, int reason);

@@ -346,7 +346,6 @@ int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t 
 }
 
 /* Hand an accepted fd to p's thread (acceptor.c decides when). */
-void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
 {
     struct goev__msg *m = malloc(sizeof *m);
@@ -363,10 +362,6 @@ void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
     }
 }
 
-void goev__on_wake(goev_poller *p)
-{
-    (void)p;    /* the queue is drained once per pass anyway */
-}
 
 /* ---- the loop ---------------------------------------------------------- */
 
