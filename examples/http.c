@@ -334,17 +334,62 @@ more:
     return len >= HTTP_REQ_MAX_HEAD ? HTTP_REQ_E431 : 0;
 }
 
+const char *http_req_field(const struct http_req *rq, const char *name, size_t *len)
+{
+    size_t nlen = strlen(name);
+    const char *end = rq->body;     /* the head ends where the body starts */
+    const char *p = memchr(rq->target + rq->target_len, '\n',
+                           (size_t)(end - (rq->target + rq->target_len)));
+    /* The parser accepted the head: every line is "name:value" ending in
+     * LF (maybe after CR), and the last one is empty. */
+    while (p && ++p < end) {
+        const char *le = memchr(p, '\n', (size_t)(end - p));
+        if (!le)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon && (size_t)(colon - p) == nlen) {
+            int same = 1;
+            for (size_t i = 0; i < nlen && same; i++) {
+                unsigned char a = (unsigned char)p[i], b = (unsigned char)name[i];
+                same = (a | (a >= 'A' && a <= 'Z' ? 0x20 : 0)) ==
+                       (b | (b >= 'A' && b <= 'Z' ? 0x20 : 0));
+            }
+            if (same) {
+                const char *v = colon + 1, *ve = le;
+                if (ve > v && ve[-1] == '\r')
+                    ve--;
+                while (v < ve && (*v == ' ' || *v == '\t'))
+                    v++;
+                while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                    ve--;
+                *len = (size_t)(ve - v);
+                return v;
+            }
+        }
+        p = le;
+    }
+    *len = 0;
+    return NULL;
+}
+
 const char *http_status_reason(int status)
 {
     switch (status) {
+    case 101: return "Switching Protocols";
     case 200: return "OK";
+    case 206: return "Partial Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Content Too Large";
+    case 416: return "Range Not Satisfiable";
+    case 426: return "Upgrade Required";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
     case 505: return "HTTP Version Not Supported";
     }
     return "Unknown";

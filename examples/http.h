@@ -124,6 +124,12 @@ struct http_req {
  * *rq is written only when n > 0. */
 ssize_t http_req_parse(const char *buf, size_t len, struct http_req *rq);
 
+/* The value of the first header field of rq called `name` (compared
+ * case-insensitively), with the surrounding OWS trimmed, and its length in
+ * *len; NULL if rq has no such field.  rq must come from http_req_parse and
+ * its buffer must still hold the request.  Linear in the size of the head. */
+const char *http_req_field(const struct http_req *rq, const char *name, size_t *len);
+
 /* Reason phrase for a status code ("Bad Request"...), "Unknown" if none. */
 const char *http_status_reason(int status);
 

@@ -302,6 +302,30 @@ Test(http, bare_lf_and_empty_lines)
     cr_assert_eq(parse(S("\rG"), &r), HTTP_REQ_E400);
 }
 
+Test(http, field_lookup)
+{
+    struct http_req r;
+    size_t n;
+    const char *v;
+    static const char req[] = "GET /a:b HTTP/1.1\r\nHost: h\r\nRange:  bytes=0-9 \t\r\n"
+                              "x-empty:\r\nUPGRADE: websocket\nrange: second\r\n\r\n";
+    cr_assert_eq(parse(S(req), &r), (ssize_t)sizeof req - 1);
+    v = http_req_field(&r, "range", &n);
+    cr_assert(v && n == 9 && !memcmp(v, "bytes=0-9", 9), "first Range, trimmed");
+    v = http_req_field(&r, "Upgrade", &n);
+    cr_assert(v && n == 9 && !memcmp(v, "websocket", 9), "bare-LF line, any case");
+    v = http_req_field(&r, "X-Empty", &n);
+    cr_assert(v && n == 0);
+    cr_assert_null(http_req_field(&r, "Hos", &n), "a prefix of a name is not the name");
+    cr_assert_null(http_req_field(&r, "b HTTP/1.1\r\nHost", &n));
+    cr_assert_null(http_req_field(&r, "Missing", &n));
+    cr_assert_eq(parse(S("GET / HTTP/1.1\r\n\r\n"), &r), 18);
+    cr_assert_null(http_req_field(&r, "Host", &n));
+    /* A body that looks like fields is not searched. */
+    cr_assert_eq(parse(S("POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\nA: b\r\n\r\n"), &r), 46);
+    cr_assert_null(http_req_field(&r, "A", &n));
+}
+
 Test(http, incomplete_prefixes)
 {
     /* Every proper prefix of a valid request is "need more", never an
