@@ -353,6 +353,14 @@ GOEV_EXTERN int goev_shutdown(goev_handler *h);
  * memory.  Any thread. */
 GOEV_EXTERN int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len);
 
+/* Close the connection named by id from any thread, as goev_close would on
+ * its poller: ordered after the async writes to id made before it by the
+ * same thread (they are sent first), and after every message posted to that
+ * poller before it.  Returns 0, -ENOTCONN, -EINVAL or -ENOMEM as
+ * goev_async_write; a connection already gone is counted in
+ * goev_stats.async_dropped.  Any thread. */
+GOEV_EXTERN int goev_async_close(goev_reactor *r, goev_conn_id id);
+
 /* ------------------------------------------------------------------------ */
 /* Addresses                                                                */
 

@@ -185,14 +185,14 @@ struct goev__listener {
 
 /* ---- cross-thread messages --------------------------------------------- */
 
-enum goev__msg_kind { GOEV__M_POST, GOEV__M_WRITE, GOEV__M_HANDOFF };
+enum goev__msg_kind { GOEV__M_POST, GOEV__M_WRITE, GOEV__M_CLOSE, GOEV__M_HANDOFF };
 
 struct goev__msg {
     struct goev__msg *next;
     uint8_t kind;
     union {
         struct { goev_post_fn fn; void *arg; } post;
-        struct { goev_conn_id id; size_t len; } write;  /* data follows */
+        struct { goev_conn_id id; size_t len; } write;  /* data follows; also CLOSE */
         struct { int fd; goev_acceptor *a; } handoff;
     } u;
     char data[];

@@ -263,11 +263,15 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
         case GOEV__M_POST:
             m->u.post.fn(p, m->u.post.arg);
             break;
-        case GOEV__M_WRITE: {
+        case GOEV__M_WRITE:
+        case GOEV__M_CLOSE: {
             uint32_t slot = (uint32_t)(m->u.write.id >> 32) & 0xffffffu;
             struct goev__conn *c = goev__slot_conn(p, slot);
-            if (stopping || !c || c->gen != (uint32_t)m->u.write.id ||
-                goev_write(c->h, m->data, m->u.write.len) < 0)
+            if (stopping || !c || c->gen != (uint32_t)m->u.write.id || c->kind != GOEV__K_STREAM)
+                GOEV__STAT_INC(p, async_dropped);
+            else if (m->kind == GOEV__M_CLOSE)
+                goev_close(c->h);
+            else if (goev_write(c->h, m->data, m->u.write.len) < 0)
                 GOEV__STAT_INC(p, async_dropped);
             break;
         }
@@ -318,7 +322,8 @@ int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg)
     return 0;
 }
 
-int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len)
+/* Queue an async write (kind WRITE) or close (kind CLOSE) for id. */
+static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void *data, size_t len)
 {
     uint32_t pi = (uint32_t)(id >> 56), slot = (uint32_t)(id >> 32) & 0xffffffu;
     uint32_t gen = (uint32_t)id;
@@ -333,7 +338,7 @@ int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t 
     struct goev__msg *m = malloc(sizeof *m + len);
     if (!m)
         return -ENOMEM;
-    m->kind = GOEV__M_WRITE;
+    m->kind = kind;
     m->u.write.id = id;
     m->u.write.len = len;
     if (len)
@@ -343,6 +348,16 @@ int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t 
         return -ENOTCONN;
     }
     return 0;
+}
+
+int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len)
+{
+    return async_msg(r, id, GOEV__M_WRITE, data, len);
+}
+
+int goev_async_close(goev_reactor *r, goev_conn_id id)
+{
+    return async_msg(r, id, GOEV__M_CLOSE, NULL, 0);
 }
 
 /* Hand an accepted fd to p's thread (acceptor.c decides when). */
