@@ -42,8 +42,10 @@
 #ifndef GOEV_H
 #define GOEV_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -362,12 +364,56 @@ GOEV_EXTERN int goev_async_write(goev_reactor *r, goev_conn_id id, const void *d
 GOEV_EXTERN int goev_async_close(goev_reactor *r, goev_conn_id id);
 
 /* ------------------------------------------------------------------------ */
-/* Addresses                                                                */
+/* Addresses and socket options                                             */
 
 /* Address strings understood by the acceptor and connector:
  *   "1.2.3.4:80"   IPv4        ":80"          all IPv4 interfaces
  *   "[::1]:80"     IPv6        "unix:/path"   unix stream socket
+ *   "unix:@name"   unix socket in the abstract namespace
  * Numeric only (no name lookups: they would block the poller). */
+
+/* Parse an address string as above into *ss (and its length into *len).
+ * Returns 0 or -EINVAL.  Any thread. */
+GOEV_EXTERN int goev_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Room for any string goev_addr_format writes, with its NUL. */
+#define GOEV_ADDRSTRLEN 120
+
+/* Write sa as an address string in the form above ("1.2.3.4:80",
+ * "[::1]:80", "unix:/path", "unix:@name"; an unnamed unix socket, such as
+ * the client end of a unix connection, is "unix:").  Returns the length
+ * written (without the NUL), -ENOSPC if cap is too small (buf then holds ""
+ * if cap > 0), -EAFNOSUPPORT for another family, -EINVAL for a truncated
+ * address.  Any thread. */
+GOEV_EXTERN int goev_addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t cap);
+
+/* The peer's and the local address of h's socket (getpeername /
+ * getsockname), into *ss and *len.  Returns 0, -ENOTCONN (h has no
+ * socket, or the peer is gone), or another negative errno.  Poller thread. */
+GOEV_EXTERN int goev_peer_addr(const goev_handler *h, struct sockaddr_storage *ss, socklen_t *len);
+GOEV_EXTERN int goev_local_addr(const goev_handler *h, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Socket options of a connection (TCP; the buffer sizes also work on unix
+ * sockets).  Each returns 0, -ENOTCONN (no socket), -EINVAL (a bad value),
+ * or setsockopt's error (-EOPNOTSUPP on a unix socket for TCP options).
+ * Poller thread.
+ *
+ * goev_set_nodelay: TCP_NODELAY on (non-zero) or off.  Accepted and
+ *   connected sockets have it on unless their options said otherwise.
+ * goev_set_keepalive: idle_s > 0 turns SO_KEEPALIVE on with the first probe
+ *   after idle_s seconds of silence, then every interval_s seconds, and the
+ *   connection dropped (on_close with -ETIMEDOUT) after count unanswered
+ *   probes; 0 for interval_s or count keeps the kernel's default.
+ *   idle_s == 0 turns keepalive off.
+ * goev_set_sndbuf / goev_set_rcvbuf: SO_SNDBUF / SO_RCVBUF in bytes (the
+ *   kernel doubles the value and clamps it to net.core.[wr]mem_max).
+ *   Setting the receive buffer after the connection is up does not widen
+ *   the TCP window scale: for big buffers use the acceptor's or connector's
+ *   options, which apply before the handshake. */
+GOEV_EXTERN int goev_set_nodelay(goev_handler *h, int on);
+GOEV_EXTERN int goev_set_keepalive(goev_handler *h, int idle_s, int interval_s, int count);
+GOEV_EXTERN int goev_set_sndbuf(goev_handler *h, int bytes);
+GOEV_EXTERN int goev_set_rcvbuf(goev_handler *h, int bytes);
 
 /* ------------------------------------------------------------------------ */
 /* Acceptor                                                                 */
@@ -381,9 +427,14 @@ struct goev_acceptor_opts {
     int no_nodelay;     /* non-zero: do not set TCP_NODELAY (default: set) */
     int backoff_ms;     /* pause after EMFILE/ENFILE/ENOBUFS/ENOMEM; 0 = 100 */
     int unlink_unix;    /* unix: unlink a stale socket file first; default 1 */
+    int sndbuf;         /* SO_SNDBUF of accepted sockets; 0 = leave */
+    /* TCP keepalive of accepted sockets, as goev_set_keepalive; 0 = off */
+    int keepalive_idle, keepalive_interval, keepalive_count;
 };
 
-/* Defaults: backlog 4096, reuseaddr 1, unlink_unix 1, the rest 0. */
+/* Defaults: backlog 4096, reuseaddr 1, unlink_unix 1, the rest 0.  The
+ * socket options are set once on the listening socket, which Linux copies
+ * to every socket it accepts: no system call per connection. */
 GOEV_EXTERN void goev_acceptor_opts_init(struct goev_acceptor_opts *o);
 
 /* Make a handler for a new connection on poller p (on p's thread).  Return
@@ -423,6 +474,28 @@ GOEV_EXTERN void goev_acceptor_free(goev_acceptor *a);
  * address, h in use), -ENOMEM, -EMFILE, or an immediate connect error; on
  * failure no callback is called.  Poller thread of p. */
 GOEV_EXTERN int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms);
+
+/* Options of goev_connect_ex.  Initialise with goev_connect_opts_init. */
+struct goev_connect_opts {
+    int timeout_ms;         /* > 0: fail with -ETIMEDOUT after this long */
+    const char *bind_addr;  /* local address to bind first ("127.0.0.2:0",
+                               "[::1]:4000", "unix:/path"); NULL = any */
+    int no_nodelay;         /* non-zero: leave TCP_NODELAY off (default on) */
+    int sndbuf, rcvbuf;     /* SO_SNDBUF / SO_RCVBUF, set before connecting
+                               (so the window scale fits); 0 = leave */
+    /* TCP keepalive, as goev_set_keepalive; keepalive_idle 0 = off */
+    int keepalive_idle, keepalive_interval, keepalive_count;
+};
+
+/* All zero: no timeout, no bind, TCP_NODELAY on, kernel defaults. */
+GOEV_EXTERN void goev_connect_opts_init(struct goev_connect_opts *o);
+
+/* goev_connect with options (opts may be NULL for the defaults).  The
+ * local address is bound with SO_REUSEADDR off; binding a port in use fails
+ * here with -EADDRINUSE.  A unix connection ignores the TCP options.  Same
+ * returns and callbacks as goev_connect.  Poller thread of p. */
+GOEV_EXTERN int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
+                                const struct goev_connect_opts *opts);
 
 /* ------------------------------------------------------------------------ */
 /* Raw fd watches                                                           */

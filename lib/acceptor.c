@@ -59,6 +59,16 @@ static int listen_one(goev_acceptor *a, const struct sockaddr_storage *ss, sockl
     }
     if (o->rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, sizeof o->rcvbuf) < 0)
         goto fail;
+    if (o->sndbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &o->sndbuf, sizeof o->sndbuf) < 0)
+        goto fail;
+    if (ss->ss_family != AF_UNIX && o->keepalive_idle) {
+        int rc = goev__sock_keepalive(fd, o->keepalive_idle, o->keepalive_interval,
+                                      o->keepalive_count);
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
     if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, o->backlog) < 0)
         goto fail;
     *out = fd;

@@ -573,12 +573,74 @@ void goev__on_connected(struct goev__conn *c, int err)
     opened(c);
 }
 
-int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms)
+void goev_connect_opts_init(struct goev_connect_opts *o)
 {
+    memset(o, 0, sizeof *o);
+}
+
+/* Socket options of a connection about to connect (before the handshake, so
+ * that the receive buffer sizes the window scale). */
+static int connect_sockopts(goev_poller *p, int fd, int family, const struct goev_connect_opts *o)
+{
+    int rc = 0;
+    if (o->sndbuf > 0 && (rc = goev__sock_int(fd, SOL_SOCKET, SO_SNDBUF, o->sndbuf)) < 0)
+        return rc;
+    if (o->rcvbuf > 0 && (rc = goev__sock_int(fd, SOL_SOCKET, SO_RCVBUF, o->rcvbuf)) < 0)
+        return rc;
+    GOEV__STAT_ADD(p, sys_other, (o->sndbuf > 0) + (o->rcvbuf > 0));
+    if (family == AF_UNIX)
+        return 0;
+    if (!o->no_nodelay) {
+        goev__sock_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+        GOEV__STAT_INC(p, sys_other);
+    }
+    if (o->keepalive_idle) {
+        GOEV__STAT_INC(p, sys_other);
+        if ((rc = goev__sock_keepalive(fd, o->keepalive_idle, o->keepalive_interval,
+                                       o->keepalive_count)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int connect_bind(goev_poller *p, int fd, int family, const char *bind_addr)
+{
+    struct sockaddr_storage ls;
+    socklen_t llen;
+    int rc = goev__parse_addr(bind_addr, &ls, &llen);
+    if (rc < 0)
+        return rc;
+    if (ls.ss_family != family)
+        return -EINVAL;
+    /* Port 0: take the port at connect time, per destination, instead of
+     * reserving one at bind for every destination (which would run the
+     * ephemeral range out with many connections from one address). */
+    if (family != AF_UNIX) {
+        uint16_t port = family == AF_INET6 ? ((struct sockaddr_in6 *)&ls)->sin6_port
+                                           : ((struct sockaddr_in *)&ls)->sin_port;
+        if (!port) {
+            goev__sock_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+            GOEV__STAT_INC(p, sys_other);
+        }
+    }
+    GOEV__STAT_INC(p, sys_other);
+    if (bind(fd, (struct sockaddr *)&ls, llen) < 0)
+        return -errno;
+    return 0;
+}
+
+int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
+                    const struct goev_connect_opts *opts)
+{
+    struct goev_connect_opts defaults;
     struct sockaddr_storage ss;
     socklen_t len;
     if (!p || !h || !h->ops || !h->ops->on_read)
         return -EINVAL;
+    if (!opts) {
+        goev_connect_opts_init(&defaults);
+        opts = &defaults;
+    }
     int rc = goev__parse_addr(addr, &ss, &len);
     if (rc < 0)
         return rc;
@@ -586,10 +648,12 @@ int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_
     GOEV__STAT_INC(p, sys_other);
     if (fd < 0)
         return -errno;
-    if (ss.ss_family != AF_UNIX) {
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        GOEV__STAT_INC(p, sys_other);
+    rc = connect_sockopts(p, fd, ss.ss_family, opts);
+    if (rc == 0 && opts->bind_addr)
+        rc = connect_bind(p, fd, ss.ss_family, opts->bind_addr);
+    if (rc < 0) {
+        close(fd);
+        return rc;
     }
     struct goev__conn *c = attach(p, h, GOEV__K_STREAM, &rc);
     if (!c) {
@@ -605,9 +669,17 @@ int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_
         close(fd);
         return rc;
     }
-    if (timeout_ms > 0)
-        goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)timeout_ms);
+    if (opts->timeout_ms > 0)
+        goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)opts->timeout_ms);
     return 0;
+}
+
+int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms)
+{
+    struct goev_connect_opts o;
+    goev_connect_opts_init(&o);
+    o.timeout_ms = timeout_ms;
+    return goev_connect_ex(p, h, addr, &o);
 }
 
 /* ---- raw watches --------------------------------------------------------- */

@@ -348,6 +348,10 @@ static inline void goev__mark_dirty(struct goev__conn *c)
     }
 }
 
+/* Socket options (sock.c): 0 or a negative errno. */
+GOEV__HIDDEN int goev__sock_int(int fd, int level, int name, int value);
+GOEV__HIDDEN int goev__sock_keepalive(int fd, int idle_s, int interval_s, int count);
+
 /* Address parsing shared by acceptor and connector. */
 GOEV__HIDDEN int goev__parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
