@@ -67,6 +67,7 @@ typedef struct goev_poller goev_poller;
 typedef struct goev_handler goev_handler;
 typedef struct goev_timer goev_timer;
 typedef struct goev_acceptor goev_acceptor;
+struct goev_siginfo;
 
 /* A connection's identity for goev_async_write: poller index, slot and
  * generation.  A slot's generation changes when its connection closes, so an
@@ -220,6 +221,16 @@ GOEV_EXTERN int goev_stats_get(goev_reactor *r, int i, struct goev_stats *out);
 /* ------------------------------------------------------------------------ */
 /* Handlers                                                                 */
 
+/* What on_signal learns about one signal (from signalfd). */
+struct goev_siginfo {
+    int signo;          /* SIGTERM, SIGRTMIN + 2, ... */
+    int code;           /* si_code: SI_USER (kill), SI_QUEUE (sigqueue), ... */
+    int pid;            /* sender's pid and real uid, for kill and sigqueue */
+    int uid;
+    int status;         /* SIGCHLD: exit status or signal of the child */
+    int value;          /* sigqueue: the sival_int sent */
+};
+
 /* Readiness bits for raw fd watches (goev_watch) and on_ready. */
 #define GOEV_READ  0x1u
 #define GOEV_WRITE 0x2u
@@ -271,6 +282,10 @@ struct goev_handler_ops {
      * callback returned).  The fd is closed already; the memory of the
      * handler (and its timers) may be freed here. */
     void (*on_close)(goev_handler *h, int reason);
+
+    /* A signal watched with goev_signal_watch arrived (see there).  Return
+     * 0, or < 0 to close the watch.  Required for signal watches. */
+    int (*on_signal)(goev_handler *h, const struct goev_siginfo *si);
 };
 
 /* Embed one of these in your own struct (container_of gets you back) and
@@ -513,6 +528,39 @@ GOEV_EXTERN int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned eve
 /* Change the events of a watch (GOEV_READ and/or GOEV_WRITE; 0 = none for
  * now).  Returns 0 or -EINVAL.  Poller thread. */
 GOEV_EXTERN int goev_watch_update(goev_handler *h, unsigned events);
+
+/* ------------------------------------------------------------------------ */
+/* Signals                                                                  */
+
+/* Receive the signals of set as events: h's on_signal is called on p's
+ * thread, once for every signal the kernel delivers (a standard signal sent
+ * again while still pending is merged into one by the kernel, as always;
+ * real-time signals queue and each one comes).  Works the same on both
+ * backends (a signalfd, watched for reading).  goev_close(h) ends the watch
+ * (on_close follows); the signals then stay blocked and pending ones stay
+ * pending.
+ *
+ * Signal masks - the application's part:
+ *   A signal that some thread does not block is delivered to that thread
+ *   the traditional way (its handler, or the default action: SIGTERM and
+ *   SIGINT end the process), and never reaches the watch.  This call blocks
+ *   set in the calling thread; every other thread of the process must block
+ *   it too.  Poller threads started by goev block every signal already.  The
+ *   simplest correct program calls goev_signal_watch (or pthread_sigmask)
+ *   on its main thread before it creates any thread (threads inherit the
+ *   mask), e.g. before goev_reactor_run, which then runs poller 0 on that
+ *   thread.  Called from a poller thread while the reactor runs, it changes
+ *   only that thread's mask: the application's own threads (the one in
+ *   goev_reactor_wait, for one) must block set themselves.
+ *   Signals sent to one thread (pthread_kill, or faults such as SIGSEGV) are
+ *   only seen if that thread is p's.  Watch each signal once per process:
+ *   two watches of one signal race for it.  SIGKILL and SIGSTOP cannot be
+ *   caught.
+ *
+ * Returns 0, -EINVAL (set empty or holding SIGKILL/SIGSTOP, h in use, no
+ * on_signal), -ENOMEM, -EMFILE.  Poller thread of p (or, before the
+ * reactor runs, the creating thread). */
+GOEV_EXTERN int goev_signal_watch(goev_poller *p, goev_handler *h, const sigset_t *set);
 
 /* ------------------------------------------------------------------------ */
 /* Timers                                                                   */

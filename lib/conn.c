@@ -688,8 +688,29 @@ void goev__on_ready(struct goev__conn *c, unsigned events)
 {
     if (c->flags & GOEV__C_CLOSING)
         return;
+    if (c->flags & GOEV__C_SIGNAL) {
+        goev__signals_ready(c);
+        return;
+    }
     goev_handler *h = c->h;
     verdict(c, h->ops->on_ready(h, events));
+}
+
+int goev__watch(goev_poller *p, goev_handler *h, int fd, unsigned events, uint32_t flags)
+{
+    int rc;
+    struct goev__conn *c = attach(p, h, GOEV__K_WATCH, &rc);
+    if (!c)
+        return rc;
+    c->fd = fd;
+    c->flags |= GOEV__C_OPEN | flags;
+    c->watch_events = events;
+    rc = p->be->watch(c, c->watch_events);
+    if (rc < 0) {
+        detach(c);
+        return rc;
+    }
+    return 0;
 }
 
 int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned events)
@@ -697,21 +718,8 @@ int goev_watch(goev_poller *p, goev_handler *h, int fd, unsigned events)
     if (!p || !h || !h->ops || !h->ops->on_ready || fd < 0 ||
         (events & ~(GOEV_READ | GOEV_WRITE | GOEV_WATCH_KEEP_FD)))
         return -EINVAL;
-    int rc;
-    struct goev__conn *c = attach(p, h, GOEV__K_WATCH, &rc);
-    if (!c)
-        return rc;
-    c->fd = fd;
-    c->flags |= GOEV__C_OPEN;
-    if (events & GOEV_WATCH_KEEP_FD)
-        c->flags |= GOEV__C_KEEP_FD;
-    c->watch_events = events & (GOEV_READ | GOEV_WRITE);
-    rc = p->be->watch(c, c->watch_events);
-    if (rc < 0) {
-        detach(c);
-        return rc;
-    }
-    return 0;
+    return goev__watch(p, h, fd, events & (GOEV_READ | GOEV_WRITE),
+                       (events & GOEV_WATCH_KEEP_FD) ? GOEV__C_KEEP_FD : 0);
 }
 
 int goev_watch_update(goev_handler *h, unsigned events)

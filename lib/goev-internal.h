@@ -115,6 +115,7 @@ enum {
     GOEV__C_KEEP_FD     = 1u << 12, /* watch: do not close the fd */
     GOEV__C_DEAD        = 1u << 13, /* on_close called; slot free */
     GOEV__C_RELEASED    = 1u << 14, /* backend done: on_close due */
+    GOEV__C_SIGNAL      = 1u << 15, /* watch of a signalfd: on_signal */
 };
 
 struct goev__conn {
@@ -335,6 +336,12 @@ GOEV__HIDDEN void goev__slots_fini(goev_poller *p);
 GOEV__HIDDEN void goev__run_timers(goev_poller *p);
 GOEV__HIDDEN void goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms);
 GOEV__HIDDEN void goev__listener_shutdown(struct goev__listener *l);
+
+/* Watch fd for h (goev_watch, signal watches): flags are GOEV__C_* added
+ * to the connection's (KEEP_FD, SIGNAL). */
+GOEV__HIDDEN int goev__watch(goev_poller *p, goev_handler *h, int fd, unsigned events, uint32_t flags);
+/* A signal watch's fd is readable: read and dispatch (signal.c). */
+GOEV__HIDDEN void goev__signals_ready(struct goev__conn *c);
 
 /* Look a slot up (NULL if free). */
 GOEV__HIDDEN struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot);
