@@ -1,16 +1,18 @@
 /* epoll.c - the readiness backend.  Level-triggered epoll, one read() per
  * readable connection into the poller's shared buffer, one send()/sendmsg()
- * per dirty connection at the end of the pass, EPOLLOUT only while a write
- * is blocked.  This and io_uring.c are the only files that know their API. */
+ * per dirty connection at the end of the pass (sendfile() for a file range
+ * at the head of the queue), EPOLLOUT only while a write is blocked.  This and io_uring.c are the only files that know their API. */
 #include "goev-internal.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 enum { MAX_EVENTS = 512, MAX_IOV = 64 };
+#define FILE_SLICE ((size_t)1 << 30)
 
 /* epoll_event.data.u64 tags: connections are stored as their pointer,
  * listeners as pointer | 1, the wake-up eventfd as 2. */
@@ -104,10 +106,21 @@ static void send_queued(struct goev__conn *c, bool from_event)
         struct iovec iov[MAX_IOV];
         size_t total;
         int n = goev__outq_iov(&c->out, 0, iov, MAX_IOV, &total);
-        if (!n)
-            break;
         ssize_t w;
-        if (n == 1) {
+        if (!n) {
+            struct goev__fileref *f = goev__outq_head_file(&c->out);
+            if (!f)
+                break;
+            /* The kernel takes what fits in the socket buffer; asking for
+             * more than that in one call costs nothing. */
+            total = f->left < FILE_SLICE ? (size_t)f->left : FILE_SLICE;
+            off_t off = (off_t)f->off;
+            w = sendfile(c->fd, f->fd, &off, total);
+            if (w == 0) {           /* the file ended before the range */
+                goev__on_error(c, -ENODATA);
+                return;
+            }
+        } else if (n == 1) {
             w = send(c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         } else {
             struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -38,6 +39,7 @@ enum {
     OP_ACCEPT,
     OP_WAKE,
     OP_CANCEL_RECV, /* a pause's cancel: retried if the recv was busy */
+    OP_WRITABLE,    /* POLLOUT wait of a file send the socket had no room for */
 };
 
 enum {
@@ -46,6 +48,8 @@ enum {
     BGID = 0,
     MAX_BUFS = 32768,       /* kernel limit of a buffer ring */
 };
+
+#define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
 
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
 #define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
@@ -332,7 +336,8 @@ static unsigned nop_out(struct ur *u, uint64_t ud, bool any_conn_op)
         bool hit;
         if (any_conn_op)
             hit = (x & 0x00ffffffffffffffull) == (ud & 0x00ffffffffffffffull) &&
-                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) == OP_CANCEL_RECV);
+                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) == OP_CANCEL_RECV ||
+                   UD_OP(x) == OP_WRITABLE);
         else
             hit = x == ud;
         if (hit && s->opcode != IORING_OP_NOP) {
@@ -596,9 +601,66 @@ static void ur_conn_pause(struct goev__conn *c)
     GOEV__STAT_INC(p, sys_submit);
 }
 
+/* Wait, in the kernel, for room in c's socket: one-shot POLLOUT, counted
+ * as c's output op (send_armed), whose completion flushes again. */
+static void arm_writable(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    struct io_uring_sqe *s = get_sqe(p, UR(p));
+    if (!s) {
+        goev__on_error(c, -EBUSY);
+        return;
+    }
+    io_uring_prep_poll_add(s, c->fd, POLLOUT);
+    io_uring_sqe_set_data64(s, UD_CONN(OP_WRITABLE, c));
+    c->b.ur.send_armed = 1;
+    c->b.ur.inflight++;
+}
+
+/* A file range at the head of the queue.  sendfile(2) on the poller thread
+ * takes as much as the socket buffer holds, straight from the page cache;
+ * when it holds nothing more, a POLLOUT waits in the ring (the measurements
+ * behind this choice are in bench/README.md).  Returns true if the queue
+ * goes on with memory bytes that a SEND should carry now. */
+static bool send_file(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    struct goev__fileref *f;
+    while ((f = goev__outq_head_file(&c->out))) {
+        size_t want = f->left < FILE_SLICE ? (size_t)f->left : FILE_SLICE;
+        off_t off = (off_t)f->off;
+        ssize_t w = sendfile(c->fd, f->fd, &off, want);
+        GOEV__STAT_INC(p, sys_write);
+        if (w == 0) {
+            goev__on_error(c, -ENODATA);    /* the file ended before the range */
+            return false;
+        }
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN) {
+                goev__on_error(c, -errno);
+                return false;
+            }
+            w = 0;
+        }
+        goev__on_sent(c, (size_t)w, (size_t)w < want);
+        if (c->flags & GOEV__C_CLOSING)
+            return false;
+        if ((size_t)w < want) {
+            if (c->out.bytes)
+                arm_writable(c);
+            return false;
+        }
+    }
+    return c->out.bytes > 0;
+}
+
 static void ur_flush(struct goev__conn *c)
 {
     if (c->b.ur.send_armed || c->b.ur.connect_armed || (c->flags & GOEV__C_CLOSING))
+        return;
+    if (goev__outq_head_file(&c->out) && !send_file(c))
         return;
     size_t bytes;
     int n = goev__outq_iov(&c->out, c->out.inflight, c->b.ur.iov, 8, &bytes);
@@ -809,6 +871,23 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
         maybe_release(c);
 }
 
+static void on_writable(struct goev__conn *c, int res)
+{
+    c->b.ur.send_armed = 0;
+    c->b.ur.inflight--;
+    if (c->flags & GOEV__C_CLOSING) {
+        maybe_release(c);
+        return;
+    }
+    /* Ready, or an error the next sendfile reports with its real errno. */
+    if (res < 0 && res != -ECANCELED)
+        goev__on_error(c, res);
+    else if (c->out.bytes)
+        goev__mark_dirty(c);
+    if (c->flags & GOEV__C_CLOSING)
+        maybe_release(c);
+}
+
 static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
@@ -944,6 +1023,9 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     case OP_SEND:
         on_send(p, c, res);
+        break;
+    case OP_WRITABLE:
+        on_writable(c, res);
         break;
     case OP_POLL:
         on_poll(p, c, res);

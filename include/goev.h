@@ -343,6 +343,24 @@ GOEV_EXTERN int goev_conn_open(goev_poller *p, goev_handler *h, int fd);
  * Poller thread. */
 GOEV_EXTERN int goev_write(goev_handler *h, const void *data, size_t len);
 
+/* Queue len bytes of the file fd, from offset, for output: ordered with
+ * goev_write's bytes on the same connection (what was written before is
+ * sent before, what is written after, after), and sent from the page cache
+ * without passing through user-space buffers (sendfile(2) on epoll; on
+ * io_uring, see the README's measurements for the method).  The library
+ * takes a duplicate of fd (F_DUPFD_CLOEXEC), so the caller may close its own
+ * at once; the duplicate is closed when the range has been sent or the
+ * connection closes.  The range counts in goev_pending, and on_drained
+ * works as for writes, so a paced or back-pressured sender can queue a
+ * slice at a time.  The file is read as it is when the bytes go out: if it
+ * shrinks below offset + len meanwhile, the connection is closed with
+ * reason -ENODATA (the peer gets fewer bytes than announced, never others).
+ * Returns 0 (len 0: nothing queued), -ENOTCONN (as goev_write), -EINVAL (fd
+ * not a regular file or block device, range overflowing), -ENODATA (the
+ * range ends past the end of the file now), -EMFILE (no descriptor for the
+ * duplicate), -ENOMEM.  Poller thread. */
+GOEV_EXTERN int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t len);
+
 /* Bytes queued for output and not yet taken by the kernel.  Use it for
  * back-pressure: stop producing past your limit and resume in on_drained.
  * Poller thread. */

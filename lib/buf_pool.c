@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define POOL_MIN ((size_t)1 << GOEV__POOL_MIN_SHIFT)
 #define POOL_MAX ((size_t)1 << GOEV__POOL_MAX_SHIFT)
@@ -103,8 +104,18 @@ void goev__pool_put(struct goev__pool *pl, void *b, size_t cap)
 
 /* ---- output queue -------------------------------------------------------- */
 
+/* File chunks are blocks of the smallest class. */
+#define FILE_CHUNK_BLOCK POOL_MIN
+_Static_assert(CHUNK_HDR + sizeof(struct goev__fileref) <= FILE_CHUNK_BLOCK, "file chunk fits");
+
 static void chunk_free(struct goev__pool *pl, struct goev__chunk *ch)
 {
+    struct goev__fileref *f = goev__chunk_file(ch);
+    if (f) {
+        close(f->fd);
+        goev__pool_put(pl, ch, FILE_CHUNK_BLOCK);
+        return;
+    }
     goev__pool_put(pl, ch, CHUNK_HDR + (size_t)ch->cap);
 }
 
@@ -132,7 +143,7 @@ int goev__outq_append(struct goev__pool *pl, struct goev__outq *q,
         return 0;
     const char *src = data;
     struct goev__chunk *t = q->tail;
-    size_t room = t ? (size_t)(t->cap - t->len) : 0;
+    size_t room = t ? (size_t)(t->cap - t->len) : 0;    /* 0 after a file chunk */
     size_t into_tail = len < room ? len : room;
     size_t rest = len - into_tail;
 
@@ -183,12 +194,36 @@ int goev__outq_append(struct goev__pool *pl, struct goev__outq *q,
     return 0;
 }
 
+int goev__outq_append_file(struct goev__pool *pl, struct goev__outq *q, int fd,
+                           uint64_t off, uint64_t len)
+{
+    size_t cap;
+    struct goev__chunk *ch = goev__pool_get(pl, FILE_CHUNK_BLOCK, &cap);
+    if (!ch) {
+        close(fd);
+        return -ENOMEM;
+    }
+    ch->next = NULL;
+    ch->off = ch->len = ch->cap = 0;
+    struct goev__fileref *f = goev__chunk_file(ch);
+    f->fd = fd;
+    f->off = off;
+    f->left = len;
+    if (q->tail)
+        q->tail->next = ch;
+    else
+        q->head = ch;
+    q->tail = ch;
+    q->bytes += len;
+    return 0;
+}
+
 int goev__outq_iov(const struct goev__outq *q, size_t skip,
                    struct iovec *iov, int max, size_t *bytes)
 {
     int cnt = 0;
     size_t sum = 0;
-    for (const struct goev__chunk *ch = q->head; ch && cnt < max; ch = ch->next) {
+    for (const struct goev__chunk *ch = q->head; ch && ch->cap && cnt < max; ch = ch->next) {
         size_t avail = ch->len - ch->off;
         if (skip >= avail) {
             skip -= avail;
@@ -214,6 +249,20 @@ void goev__outq_consume(struct goev__pool *pl, struct goev__outq *q, size_t n)
     q->bytes -= n;
     while (n > 0) {
         struct goev__chunk *ch = q->head;
+        struct goev__fileref *f = goev__chunk_file(ch);
+        if (f) {
+            if (n < f->left) {
+                f->off += n;
+                f->left -= n;
+                return;
+            }
+            n -= (size_t)f->left;
+            q->head = ch->next;
+            if (!q->head)
+                q->tail = NULL;
+            chunk_free(pl, ch);
+            continue;
+        }
         size_t avail = ch->len - ch->off;
         if (n < avail) {
             ch->off += (uint32_t)n;

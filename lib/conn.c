@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- slots ------------------------------------------------------------- */
@@ -427,6 +428,38 @@ int goev_write(goev_handler *h, const void *data, size_t len)
     if (!len)
         return 0;
     int rc = goev__outq_append(&c->p->pool, &c->out, data, len);
+    if (rc < 0)
+        return rc;
+    goev__mark_dirty(c);
+    return 0;
+}
+
+int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t len)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (GOEV__UNLIKELY(!c || c->kind != GOEV__K_STREAM ||
+                       (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT |
+                                    GOEV__C_SHUT_WANT | GOEV__C_SHUT_DONE))))
+        return -ENOTCONN;
+    if (fd < 0 || offset > INT64_MAX || len > INT64_MAX - offset)
+        return -EINVAL;
+    if (!len)
+        return 0;
+    struct stat st;
+    GOEV__STAT_INC(c->p, sys_other);
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    /* sendfile and splice read regular files (and block devices) through
+     * the page cache; a pipe or socket here is a caller's mistake. */
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return -EINVAL;
+    if (S_ISREG(st.st_mode) && offset + len > (uint64_t)st.st_size)
+        return -ENODATA;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    GOEV__STAT_INC(c->p, sys_other);
+    if (own < 0)
+        return -errno;
+    int rc = goev__outq_append_file(&c->p->pool, &c->out, own, offset, len);
     if (rc < 0)
         return rc;
     goev__mark_dirty(c);

@@ -55,9 +55,25 @@ GOEV__HIDDEN void goev__pool_put(struct goev__pool *pl, void *b, size_t cap);
  * goev__outq_consume says so; appends only touch bytes past them. */
 struct goev__chunk {
     struct goev__chunk *next;
-    uint32_t off, len, cap;
-    char data[];
+    uint32_t off, len, cap;     /* cap == 0: a file chunk (see below) */
+    char data[] __attribute__((aligned(8)));
 };
+
+/* A file chunk (goev_sendfile) holds no bytes but a range of a file that
+ * the backend sends from the page cache; its fd is the queue's own (a dup)
+ * and is closed when the range is consumed or the queue cleared. */
+struct goev__fileref {
+    int fd;
+    uint64_t off;       /* next byte of the file to send */
+    uint64_t left;      /* bytes of the range not yet consumed */
+};
+
+static inline struct goev__fileref *goev__chunk_file(struct goev__chunk *ch)
+{
+    return ch->cap ? NULL : (struct goev__fileref *)(void *)ch->data;
+}
+
+
 
 struct goev__outq {
     struct goev__chunk *head, *tail;
@@ -65,13 +81,26 @@ struct goev__outq {
     size_t inflight;    /* handed to the kernel, completion pending */
 };
 
+/* The file range at the head of q, or NULL if memory bytes (or nothing)
+ * come first. */
+static inline struct goev__fileref *goev__outq_head_file(const struct goev__outq *q)
+{
+    return q->head ? goev__chunk_file(q->head) : NULL;
+}
+
 GOEV__HIDDEN int goev__outq_append(struct goev__pool *pl, struct goev__outq *q,
                                    const void *data, size_t len);
+/* Queue len bytes of file fd from off; the queue owns fd from now on (also
+ * on failure, when it is closed).  0 or -ENOMEM. */
+GOEV__HIDDEN int goev__outq_append_file(struct goev__pool *pl, struct goev__outq *q, int fd,
+                                        uint64_t off, uint64_t len);
 /* Fill up to max iovecs with queued bytes, starting `skip` bytes in (skip =
- * q->inflight for io_uring).  Returns the count; *bytes gets their sum. */
+ * q->inflight for io_uring), up to the first file chunk.  Returns the
+ * count; *bytes gets their sum. */
 GOEV__HIDDEN int goev__outq_iov(const struct goev__outq *q, size_t skip,
                                 struct iovec *iov, int max, size_t *bytes);
-/* Drop n bytes from the front, freeing emptied chunks. */
+/* Drop n bytes from the front, freeing emptied chunks (and closing the
+ * files of consumed file chunks). */
 GOEV__HIDDEN void goev__outq_consume(struct goev__pool *pl, struct goev__outq *q, size_t n);
 GOEV__HIDDEN void goev__outq_clear(struct goev__pool *pl, struct goev__outq *q);
 

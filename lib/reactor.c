@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 static __thread goev_poller *tls_poller;
@@ -477,9 +478,45 @@ static void pin(goev_poller *p)
     pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
+/* sendfile(2) and splice have no MSG_NOSIGNAL: writing a file to a socket
+ * whose peer has gone raises SIGPIPE on the writing thread.  Poller threads
+ * of goev's own block every signal; the thread that calls goev_reactor_run
+ * (or frees a reactor that never ran) is the application's, so SIGPIPE is
+ * blocked there while goev works on it, and one that became pending
+ * meanwhile is taken off before the mask is restored. */
+struct sigpipe_guard {
+    sigset_t old;
+    bool was_pending;
+};
+
+static void sigpipe_block(struct sigpipe_guard *g)
+{
+    sigset_t pipe_set, pend;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
+    sigpending(&pend);
+    g->was_pending = sigismember(&pend, SIGPIPE) == 1;
+}
+
+static void sigpipe_restore(struct sigpipe_guard *g)
+{
+    sigset_t pipe_set, pend;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pend);
+    if (!g->was_pending && sigismember(&pend, SIGPIPE) == 1) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
 static void *poller_main(void *arg)
 {
     goev_poller *p = arg;
+    struct sigpipe_guard guard;
+    sigpipe_block(&guard);
     tls_poller = p;
     pin(p);
     int rc = p->be->thread_start(p);
@@ -491,6 +528,7 @@ static void *poller_main(void *arg)
     }
     poller_shutdown(p);
     tls_poller = NULL;
+    sigpipe_restore(&guard);
     return NULL;
 }
 
@@ -574,12 +612,15 @@ void goev_reactor_free(goev_reactor *r)
     if (r->state == 0) {
         /* Never ran: close what was set up, here, as the pollers would. */
         goev_poller *saved = tls_poller;
+        struct sigpipe_guard guard;
+        sigpipe_block(&guard);
         for (int i = 0; i < r->npollers; i++) {
             goev_poller *p = &r->pollers[i];
             tls_poller = p;
             if (p->be->thread_start(p) == 0)
                 poller_shutdown(p);
         }
+        sigpipe_restore(&guard);
         tls_poller = saved;
     }
     for (int i = 0; i < r->npollers; i++)

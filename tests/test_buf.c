@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -585,5 +586,56 @@ Test(outq, append_enomem_leaves_queue_unchanged)
     cr_assert_eq(bytes, 5 + sizeof src);
     cr_assert(memcmp(iov[0].iov_base, "hello", 5) == 0);
     goev__outq_clear(&pl, &q);
+    goev__pool_fini(&pl);
+}
+
+/* File chunks: iovecs stop in front of them, goev__outq_head_file finds
+ * them once the bytes before are consumed, consuming moves through the
+ * range, and the queue closes the file when the range is done or cleared. */
+static bool fd_open(int fd)
+{
+    return fcntl(fd, F_GETFD) >= 0;
+}
+
+Test(outq, file_chunks_in_order)
+{
+    struct goev__pool pl;
+    struct goev__outq q = {0};
+    goev__pool_init(&pl, 1u << 20);
+    int f1 = dup(0), f2 = dup(0);
+    cr_assert(f1 >= 0 && f2 >= 0);
+    cr_assert_eq(goev__outq_append(&pl, &q, "ab", 2), 0);
+    cr_assert_eq(goev__outq_append_file(&pl, &q, f1, 100, 5000), 0);
+    cr_assert_eq(goev__outq_append(&pl, &q, "cd", 2), 0);
+    cr_assert_eq(goev__outq_append_file(&pl, &q, f2, 7, 3), 0);
+    cr_assert_eq(q.bytes, 2 + 5000 + 2 + 3);
+    struct iovec iov[8];
+    size_t bytes;
+    cr_assert_eq(goev__outq_iov(&q, 0, iov, 8, &bytes), 1, "iovecs end at the file");
+    cr_assert_eq(bytes, 2);
+    cr_assert_null(goev__outq_head_file(&q), "bytes come first");
+    goev__outq_consume(&pl, &q, 2);
+    struct goev__fileref *f = goev__outq_head_file(&q);
+    cr_assert_not_null(f);
+    cr_assert_eq(f->fd, f1);
+    cr_assert_eq(goev__outq_iov(&q, 0, iov, 8, &bytes), 0, "no iovec while a file is first");
+    goev__outq_consume(&pl, &q, 1000);
+    cr_assert_eq(f->off, 1100);
+    cr_assert_eq(f->left, 4000);
+    cr_assert(fd_open(f1));
+    /* The rest of the first file and one byte of "cd" in one step. */
+    goev__outq_consume(&pl, &q, 4001);
+    cr_assert(!fd_open(f1), "a consumed range's file is closed");
+    cr_assert_null(goev__outq_head_file(&q));
+    cr_assert_eq(goev__outq_iov(&q, 0, iov, 8, &bytes), 1);
+    cr_assert_eq(bytes, 1);
+    cr_assert_eq(*(char *)iov[0].iov_base, 'd');
+    cr_assert_eq(q.bytes, 1 + 3);
+    /* Memory appended after a file chunk goes into a chunk of its own. */
+    cr_assert_eq(goev__outq_append(&pl, &q, "e", 1), 0);
+    cr_assert_eq(q.bytes, 5);
+    goev__outq_clear(&pl, &q);
+    cr_assert(!fd_open(f2), "clearing the queue closes its files");
+    cr_assert_null(q.head);
     goev__pool_fini(&pl);
 }
