@@ -387,11 +387,16 @@ static void *reset_client(void *arg)
     int fd = tu_connect_tcp4(rs->port);
     char buf[4096];
     if (fd >= 0 && TU_WAIT_FOR(TU_LOAD(&rs->s->opens) == 1, 5000) && read(fd, buf, sizeof buf) >= 0) {
-        struct linger lg = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        close(fd);          /* RST: the server's next sendfile fails */
+        if (rs->s->script == script_reset) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(fd);      /* RST: the server's next sendfile fails */
+            fd = -1;
+        }
         rs->ok = TU_WAIT_FOR(TU_LOAD(&rs->s->closes) == 1, 5000);
     }
+    if (fd >= 0)
+        close(fd);
     goev_reactor_stop(rs->s->r);
     return NULL;
 }
