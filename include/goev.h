@@ -614,6 +614,147 @@ GOEV_EXTERN int goev_timer_cancel(goev_timer *t);
 /* Non-zero if t is scheduled.  Poller thread. */
 GOEV_EXTERN int goev_timer_active(const goev_timer *t);
 
+/* ------------------------------------------------------------------------ */
+/* Connection pool                                                          */
+
+/* A pool of client connections to one address, owned by one poller (one
+ * pool per poller and address; nothing in it is locked, and every function
+ * below is for that poller's thread - or, before the reactor runs, the
+ * creating thread).  The pool keeps min_idle connections ready, never has
+ * more than max_live open or opening, and hands them out:
+ *
+ *   goev_pool_try_acquire   an idle connection at once, or NULL;
+ *   goev_pool_acquire       a callback with a connection as soon as one is
+ *                           free or newly connected, first come first
+ *                           served, or with an error (timeout, pool freed);
+ *   goev_pool_release       the connection back to idle (or closed).
+ *
+ * Who gets a pooled connection's callbacks:
+ *   - while acquired: the application, through opts.ops (on_read required;
+ *     on_eof, on_drained, on_timeout and on_close used; on_open,
+ *     on_connect_fail, on_ready and on_signal never called).  h->user is the
+ *     application's for the lease.  Timers started on the connection belong
+ *     to the lease.  If the connection closes while acquired (the peer
+ *     closed it, an error, goev_close), on_close(h, reason) ends the lease:
+ *     the handler is the pool's, do not free it, and do not release it.
+ *   - while idle or connecting: the pool.  An idle connection that gets
+ *     EOF, a reset or unexpected bytes is closed and replaced.
+ *
+ * Refilling: whenever idle connections fall below min_idle, or requests
+ * wait, the pool starts up to add_batch connects at once (all min_idle of
+ * them when it has none at all), within max_live.  After a connect fails,
+ * the next attempt waits backoff_min_ms, doubling with every further
+ * failure up to backoff_max_ms, and back to none after a success.  A failed
+ * attempt while the pool has no connection open or opening fails the
+ * requests that were waiting, with the connect's error (-ECONNREFUSED,
+ * -ETIMEDOUT, ...): a dead server answers waiters at once, not at their
+ * timeouts.  Idle connections unused for idle_timeout_ms are closed, down
+ * to min_idle. */
+typedef struct goev_pool goev_pool;
+typedef struct goev_pool_req goev_pool_req;
+
+struct goev_pool_opts {
+    int min_idle;           /* idle connections kept ready; default 1 */
+    int max_live;           /* open + opening connections at most; default 64 */
+    int add_batch;          /* connects started at once when short; default 4 */
+    int connect_timeout_ms; /* default 3000 */
+    int idle_timeout_ms;    /* default 60000; 0 = never */
+    int backoff_min_ms;     /* default 100 */
+    int backoff_max_ms;     /* default 10000 */
+    /* Socket options of the pool's connections (timeout_ms is ignored:
+     * connect_timeout_ms rules).  bind_addr is copied. */
+    struct goev_connect_opts connect;
+    /* The callbacks of acquired connections; required (with on_read). */
+    const struct goev_handler_ops *ops;
+};
+
+/* The defaults above.  Any thread. */
+GOEV_EXTERN void goev_pool_opts_init(struct goev_pool_opts *o);
+
+/* Create a pool on poller p for addr (an address string as for
+ * goev_connect) and start connecting up to min_idle.  Returns 0 and *out, or
+ * -EINVAL (bad address or options: min_idle > max_live, max_live < 1,
+ * add_batch < 1, no ops->on_read), -ENOMEM.  Poller thread of p. */
+GOEV_EXTERN int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
+                              const struct goev_pool_opts *opts);
+
+/* An idle connection, now acquired by the caller, or NULL if none is idle
+ * or requests are already waiting (they come first).  Never waits and
+ * never calls back.  Poller thread. */
+GOEV_EXTERN goev_handler *goev_pool_try_acquire(goev_pool *pool);
+
+/* The callback of goev_pool_acquire: conn acquired (err 0), or conn NULL
+ * and err -ETIMEDOUT (timeout_ms passed), -ECANCELED (pool freed or its
+ * reactor stopping), or a connect error (see "Refilling").  Called exactly
+ * once per successful goev_pool_acquire (not after goev_pool_cancel), on
+ * the pool's poller thread, never from inside goev_pool_acquire. */
+typedef void (*goev_pool_cb)(goev_pool_req *req, goev_handler *conn, int err);
+
+/* A request: caller-owned memory (embed it, like a timer), idle when not
+ * waiting.  The fields are private; `user` is free for the application. */
+struct goev_pool_req {
+    goev_pool_cb cb_;
+    goev_pool *pool_;
+    goev_pool_req *prev_, *next_;
+    goev_timer timer_;
+    void *user;
+};
+
+/* Initialise req (idle).  Any thread, before first use. */
+GOEV_EXTERN void goev_pool_req_init(goev_pool_req *req);
+
+/* Ask for a connection: cb(req, conn, 0) as soon as one is free (at once,
+ * i.e. at the start of the next loop pass, if one is idle and nobody waits
+ * before), in the order of the calls; or cb(req, NULL, err).  timeout_ms >
+ * 0 bounds the wait; 0 waits without limit.  req must stay valid until cb
+ * or goev_pool_cancel.  Returns 0, -EINVAL (no cb), -EBUSY (req is already
+ * waiting), -ESHUTDOWN (pool being freed, reactor stopping), -ENOMEM.
+ * Poller thread. */
+GOEV_EXTERN int goev_pool_acquire(goev_pool *pool, goev_pool_req *req, int timeout_ms,
+                                  goev_pool_cb cb);
+
+/* Withdraw a waiting request: its callback will not be called.  Returns 0,
+ * or -ENOENT if req was not waiting (its callback ran already, or it never
+ * was).  Poller thread. */
+GOEV_EXTERN int goev_pool_cancel(goev_pool_req *req);
+
+/* End the lease of an acquired connection.  reuse != 0 returns it to idle
+ * if it is healthy: open, not half-closed by the peer, and with no input
+ * left unconsumed (called from on_read, the bytes that on_read does not
+ * consume count as unconsumed).  Otherwise, or with reuse == 0, it is
+ * closed (gracefully: queued output still leaves) and replaced.  Output
+ * still queued does not make it unhealthy: it is sent while idle.  The
+ * lease's timers are cancelled; no callback of the lease comes after this
+ * call, not even on_close.  Returns 0, or -EINVAL if conn is not an acquired
+ * connection of a pool.  Poller thread. */
+GOEV_EXTERN int goev_pool_release(goev_handler *conn, int reuse);
+
+/* Free the pool: waiting requests get cb(req, NULL, -ECANCELED) here,
+ * during the call; acquired connections close with on_close(h,
+ * -ECANCELED); idle ones close.  The pool's memory goes when the last of
+ * its connections has closed (maybe after this returns); the pointer is
+ * dead at once.  Call on the poller thread while the reactor runs, or after
+ * it stopped (then all its connections are closed already and only memory
+ * is freed).  NULL is a no-op. */
+GOEV_EXTERN void goev_pool_free(goev_pool *pool);
+
+struct goev_pool_stats {
+    unsigned idle;          /* connected, waiting to be acquired */
+    unsigned acquired;      /* leased to the application */
+    unsigned live;          /* idle + acquired */
+    unsigned connecting;
+    unsigned waiting;       /* requests queued in goev_pool_acquire */
+    unsigned peak;          /* most live + connecting at once, ever */
+    uint64_t created;       /* connects that succeeded */
+    uint64_t failed;        /* connects that failed */
+    uint64_t closed;        /* established connections closed */
+    uint64_t acquires;      /* connections handed out */
+    uint64_t timeouts;      /* requests that timed out */
+};
+
+/* Copy pool's counters.  Returns 0 or -EINVAL.  Poller thread. */
+GOEV_EXTERN int goev_pool_stats_get(const goev_pool *pool, struct goev_pool_stats *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -312,6 +312,7 @@ struct goev_poller {
     void *local[GOEV_LOCAL_SLOTS];
     struct goev__listener *listeners;
     uint32_t nlive;             /* slots in use */
+    int closing;                /* poller_shutdown has begun */
     struct goev_stats stats;
 };
 
@@ -371,6 +372,10 @@ GOEV__HIDDEN void goev__listener_shutdown(struct goev__listener *l);
 GOEV__HIDDEN int goev__watch(goev_poller *p, goev_handler *h, int fd, unsigned events, uint32_t flags);
 /* A signal watch's fd is readable: read and dispatch (signal.c). */
 GOEV__HIDDEN void goev__signals_ready(struct goev__conn *c);
+
+/* True once p's reactor is stopping (or, never run, being freed): what
+ * would open connections (a pool's refill) must not. */
+GOEV__HIDDEN bool goev__stopping(const goev_poller *p);
 
 /* Look a slot up (NULL if free). */
 GOEV__HIDDEN struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot);

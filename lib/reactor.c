@@ -428,8 +428,14 @@ static void poller_loop(goev_poller *p)
  * callbacks) may open connections or start timers: each round closes what
  * is open again.  The last round closes the queue, so nothing posted later
  * is left behind unrun and unfreed. */
+bool goev__stopping(const goev_poller *p)
+{
+    return p->closing || stopping(p->r);
+}
+
 static void poller_shutdown(goev_poller *p)
 {
+    p->closing = 1;
     for (struct goev__listener *l = p->listeners; l; l = l->next)
         goev__listener_shutdown(l);
     uint64_t deadline = goev__now_ms() + 5000;
