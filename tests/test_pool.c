@@ -310,10 +310,12 @@ Test(pool, min_idle_kept, .init = init_test, .timeout = TU_TIMEOUT)
     jobs_alloc(&cl, 2);
     cr_assert_eq(queue(&cl, 0, 2, 5000), 0);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.done) == 2, 5000));
-    cr_assert(WAIT_STATS(&cl, st_.idle == 5 && st_.acquired == 0, 5000),
-              "after the releases, idle should be 3 kept + 2 returned");
+    /* The refill races with the releases: 3 to 5 idle, never fewer. */
+    cr_assert(WAIT_STATS(&cl, st_.idle >= 3 && st_.acquired == 0 && st_.connecting == 0, 5000),
+              "after the releases, at least min_idle must be idle");
     st = stats(&cl);
-    cr_assert_leq(st.created, 5);
+    cr_assert_leq(st.idle, 5);
+    cr_assert_eq(st.created, st.idle, "nothing closed, so every connection made is idle");
     cr_assert_eq(st.acquires, 2);
     cli_stop(&cl);
     esrv_stop(&s);
@@ -433,9 +435,10 @@ Test(pool, acquire_timeout, .init = init_test, .timeout = TU_TIMEOUT)
     cr_assert_eq(st.timeouts, 1);
     cr_assert_eq(st.waiting, 0);
     cr_assert_eq(st.acquired, 1);
-    cli_stop(&cl);
-    cr_assert_eq(cl.jobs[0].closes, 1, "the held lease ends when the pool is freed");
+    tu_run_on(cl.p, free_pool, &cl);
+    cr_assert(TU_WAIT_FOR(cl.jobs[0].closes == 1, 5000), "the held lease ends when the pool is freed");
     cr_assert_eq(cl.jobs[0].close_reason, -ECANCELED);
+    cli_stop(&cl);
     esrv_stop(&s);
     tu_assert_no_failures();
 }
