@@ -11,12 +11,14 @@
 //                           them and a UTF-8 character split across two
 //   ping                    pings of 0, 5 and 125 bytes
 //   close [CODE [REASON]]   close handshake started by the client
-//   raw HEX...              write frames behind ws's back, wait for the close
+//   raw HEX... [| HEX...]   write frames behind ws's back, wait for the close
+//                           (each group after "|" on a new connection)
 //   text HEX                send bytes as a text message (ws does not check)
 //   big SIZE [FRAGMENTS]    a binary message of SIZE bytes, maybe fragmented
 //   series MS SIZE...       binary messages sent at once, not reading their
 //                           echoes for the first MS milliseconds
-//   http REQUEST            write a raw HTTP request, read the answers
+//   http REQUEST...         write raw HTTP requests, read the answers (each
+//                           argument on a new connection)
 //   burst N                 N connections at once, each echoes and closes
 //
 // Every scenario gives up after WATCHDOG_MS.
@@ -117,6 +119,58 @@ function closed(ws) {
   return new Promise((resolve) => ws.on('close', (code, reason) => resolve([code, reason.toString()])));
 }
 
+// Write a raw HTTP request (which may hold several) on a new connection
+// and read the answers: each a head and Content-Length bytes of body.  Ends
+// at EOF, or after a 101.  Resolves with the statuses, the headers of the
+// first answer, the Sec-WebSocket-Accept of a 101, and whether EOF came.
+function httpExchange(req) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    const r = { statuses: [], headers: {}, accept: '', eof: 0 };
+    const parse = () => {
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0)
+          return false;
+        const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+        const m = /^HTTP\/1\.1 (\d{3}) /.exec(lines[0]);
+        if (!m)
+          fail(`bad status line ${JSON.stringify(lines[0])}`);
+        const h = {};
+        for (const l of lines.slice(1)) {
+          const i = l.indexOf(':');
+          h[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim();
+        }
+        const blen = Number(h['content-length'] || 0);
+        if (buf.length < end + 4 + blen)
+          return false;
+        buf = buf.subarray(end + 4 + blen);
+        if (!r.statuses.length)
+          r.headers = h;
+        r.statuses.push(m[1]);
+        if (m[1] === '101') {
+          r.accept = h['sec-websocket-accept'] || '';
+          return true;
+        }
+      }
+    };
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      if (parse()) {
+        sock.destroy();
+        resolve(r);
+      }
+    });
+    sock.on('end', () => {
+      r.eof = 1;
+      resolve(r);
+    });
+    sock.on('error', (e) => fail(`socket error: ${e.message}`));
+    sock.write(req, 'latin1');
+  });
+}
+
 const scenarios = {
   echo() {
     const size = Number(args[0]);
@@ -192,16 +246,26 @@ const scenarios = {
     });
   },
 
-  raw() {
-    open(async (ws) => {
-      let messages = 0, pongs = 0;
-      ws.on('message', () => messages++);
-      ws.on('pong', () => pongs++);
-      for (const hex of args)
-        ws._socket.write(Buffer.from(hex, 'hex'));
-      const [code] = await closed(ws);
-      report({ code, messages, pongs });
-    });
+  async raw() {
+    // Groups of frames separated by "|", each on a connection of its own,
+    // one after the other; the results are listed in the same order.
+    const groups = args.join(' ').split('|').map((g) => g.trim().split(' ').filter(Boolean));
+    const codes = [], messages = [], pongs = [];
+    for (const frames of groups) {
+      await new Promise((resolve) => open(async (ws) => {
+        let m = 0, p = 0;
+        ws.on('message', () => m++);
+        ws.on('pong', () => p++);
+        for (const hex of frames)
+          ws._socket.write(Buffer.from(hex, 'hex'));
+        const [code] = await closed(ws);
+        codes.push(code);
+        messages.push(m);
+        pongs.push(p);
+        resolve();
+      }));
+    }
+    report({ code: codes.join(','), messages: messages.join(','), pongs: pongs.join(',') });
   },
 
   text() {
@@ -258,61 +322,20 @@ const scenarios = {
     });
   },
 
-  http() {
-    // Answers are parsed one after the other (head, then Content-Length
-    // bytes of body); a 101 ends the exchange.
-    const sock = net.connect(port, '127.0.0.1');
-    let buf = Buffer.alloc(0);
-    const statuses = [];
-    const first = {};
-    let accept = '';
-    const done = (eof) => {
-      report({
-        statuses: statuses.join(','),
-        upgrade: first.upgrade || '',
-        version: first['sec-websocket-version'] || '',
-        connection: first.connection || '',
-        accept,
-        eof: eof ? 1 : 0,
-      });
-    };
-    const parse = () => {
-      for (;;) {
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0)
-          return false;
-        const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
-        const m = /^HTTP\/1\.1 (\d{3}) /.exec(lines[0]);
-        if (!m)
-          fail(`bad status line ${JSON.stringify(lines[0])}`);
-        const h = {};
-        for (const l of lines.slice(1)) {
-          const i = l.indexOf(':');
-          h[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim();
-        }
-        const blen = Number(h['content-length'] || 0);
-        if (buf.length < end + 4 + blen)
-          return false;
-        buf = buf.subarray(end + 4 + blen);
-        statuses.push(m[1]);
-        if (statuses.length === 1)
-          Object.assign(first, h);
-        if (m[1] === '101') {
-          accept = h['sec-websocket-accept'] || '';
-          return true;
-        }
-      }
-    };
-    sock.on('data', (d) => {
-      buf = Buffer.concat([buf, d]);
-      if (parse()) {
-        sock.destroy();
-        done(false);
-      }
+  async http() {
+    // Each request on a connection of its own, one after the other.
+    const results = [];
+    for (const req of args)
+      results.push(await httpExchange(req));
+    const first = results[0].headers;
+    report({
+      statuses: results.map((r) => r.statuses.join(',')).join(';'),
+      upgrade: first.upgrade || '',
+      version: first['sec-websocket-version'] || '',
+      connection: first.connection || '',
+      accept: results[0].accept,
+      eof: results.map((r) => r.eof).join(','),
     });
-    sock.on('end', () => done(true));
-    sock.on('error', (e) => fail(`socket error: ${e.message}`));
-    sock.write(args[0], 'latin1');
   },
 
   burst() {
