@@ -22,11 +22,9 @@
  * message of MAX_MESSAGE bytes works within goev's 16 MiB input cap, and a
  * connection's memory is bounded by its message.  A client that sends
  * faster than it reads is pushed back on as in echo.c: past HIGH_WATER
- * bytes queued for it, reading stops until the queue drains.  Unlike
- * echo.c, one pass may queue a whole message of many MiB at once, and the
- * kernel may take all of it in one go (loopback often does): goev then
- * calls no on_drained, since nothing was held back.  So while paused, a
- * periodic timer looks at the queue too.
+ * bytes queued for it, reading stops until on_drained says the queue is
+ * empty (goev calls it for a paused connection even when the kernel took a
+ * whole message of many MiB in one go).
  *
  * -p 0 picks a free port; -r gives each poller its own SO_REUSEPORT
  * listener; -s prints the summed statistics on exit. */
@@ -45,7 +43,6 @@
 #define MAX_MESSAGE (16u << 20)  /* sum of a message's fragments; more is a 1009 */
 #define HIGH_WATER (4u << 20)    /* queued output past which reading pauses */
 #define LINGER_MS 5000           /* wait for the client's close after ours */
-#define DRAIN_CHECK_MS 10        /* while paused: how often to look at the queue */
 #define KEEP_BUF (64u << 10)     /* message buffer kept between messages */
 #define MAX_CONTROL 125          /* RFC 6455 5.5: control payload limit */
 
@@ -89,7 +86,6 @@ struct utf8 {
 struct conn {
     goev_handler h;
     goev_timer linger;      /* LINGER_MS after our close frame */
-    goev_timer drain_check; /* while paused */
     enum state state;
     int paused;
     int garbage;            /* a header we cannot skip: discard everything */
@@ -229,7 +225,6 @@ static void finish(struct conn *c)
 {
     c->state = ST_DONE;
     goev_timer_cancel(&c->linger);
-    goev_timer_cancel(&c->drain_check);
     goev_close(&c->h);
 }
 
@@ -627,23 +622,14 @@ static ssize_t on_read(goev_handler *h, const char *data, size_t len)
     }
     if (c->state == ST_DONE)
         return (ssize_t)len;
-    if (!c->paused && goev_pending(h) > HIGH_WATER &&
-        goev_timer_start(goev_handler_poller(h), h, &c->drain_check, DRAIN_CHECK_MS,
-                         DRAIN_CHECK_MS) == 0) {
-        /* (Without the check timer a pause could last for ever: then keep
-         * reading rather.) */
-        if (goev_pause_read(h) == 0)
-            c->paused = 1;
-        else
-            goev_timer_cancel(&c->drain_check);
-    }
+    if (!c->paused && goev_pending(h) > HIGH_WATER && goev_pause_read(h) == 0)
+        c->paused = 1;
     return (ssize_t)off;
 }
 
 static int resume(struct conn *c)
 {
     c->paused = 0;
-    goev_timer_cancel(&c->drain_check);
     return goev_resume_read(&c->h);
 }
 
@@ -656,8 +642,7 @@ static int on_drained(goev_handler *h)
 static int on_timeout(goev_handler *h, goev_timer *t)
 {
     struct conn *c = conn_of(h);
-    if (t == &c->drain_check)
-        return goev_pending(h) == 0 ? resume(c) : 0;
+    (void)t;
     /* The linger timer: the client never answered our close frame. */
     finish(c);
     return 0;
@@ -686,7 +671,6 @@ static goev_handler *new_handler(goev_poller *p, void *arg)
         return NULL;
     goev_handler_init(&c->h, &conn_ops);
     goev_timer_init(&c->linger);
-    goev_timer_init(&c->drain_check);
     return &c->h;
 }
 

@@ -258,7 +258,10 @@ struct goev_handler_ops {
     int (*on_eof)(goev_handler *h);
 
     /* The output queue became empty after the kernel had not taken it all
-     * at once (back-pressure relieved).  Return 0 or < 0 to close. */
+     * at once (back-pressure relieved), or became empty while reading is
+     * paused (goev_pause_read): an application that pauses on
+     * goev_pending() and resumes here always hears of it, even when the
+     * kernel took a large queue in one go.  Return 0 or < 0 to close. */
     int (*on_drained)(goev_handler *h);
 
     /* A timer of this handler expired (t is the timer; a periodic one is

@@ -506,7 +506,10 @@ void goev__on_sent(struct goev__conn *c, size_t n, bool blocked)
     }
     if (c->flags & GOEV__C_SHUT_WANT)
         do_shutdown(c);
-    if (c->flags & GOEV__C_BLOCKED) {
+    /* Also when the kernel took everything at once but the application has
+     * paused reading: it paused on goev_pending(), and on_drained is how it
+     * learns to resume (a loopback peer can take megabytes in one send). */
+    if (c->flags & (GOEV__C_BLOCKED | GOEV__C_PAUSED)) {
         c->flags &= ~GOEV__C_BLOCKED;
         goev_handler *h = c->h;
         if (h->ops->on_drained)

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,4 +362,75 @@ Test(edge, closed_watch_with_dup_fd_is_quiet, .init = init_test, .timeout = TU_T
     cr_assert(s1.passes - s0.passes < 50, "%llu passes in 200 ms after the watch closed",
               (unsigned long long)(s1.passes - s0.passes));
     tu_assert_fds(fds);
+}
+
+/* ---- pausing on goev_pending() when the kernel takes everything at once -- */
+
+/* The server answers each "go" with 1 MiB and pauses reading while anything
+ * is queued, resuming in on_drained.  A loopback client with room takes the
+ * whole MiB in one send, so nothing was ever held back: on_drained must
+ * still come, or the second "go" is never read (found by the websocket
+ * example's back-pressure test). */
+#define BULK (1u << 20)
+
+static ssize_t bulk_on_read(goev_handler *h, const char *d, size_t n)
+{
+    struct ec *e = (struct ec *)h;
+    static char buf[BULK];
+    e->reads++;
+    TU_CHECK(goev_write(h, buf, sizeof buf) == 0, "write");
+    if (goev_pending(h) > 0)
+        TU_CHECK(goev_pause_read(h) == 0, "pause");
+    return (ssize_t)n;
+}
+
+static int bulk_on_drained(goev_handler *h)
+{
+    struct ec *e = (struct ec *)h;
+    e->got++;   /* drained calls */
+    return goev_resume_read(h);
+}
+
+static const struct goev_handler_ops bulk_ops = {
+    .on_read = bulk_on_read, .on_drained = bulk_on_drained, .on_close = ec_on_close,
+};
+
+static goev_handler *bulk_new(goev_poller *p, void *arg)
+{
+    struct ec *e = arg;
+    if (e->opens++)
+        return NULL;
+    goev_handler_init(&e->h, &bulk_ops);
+    return &e->h;
+}
+
+Test(edge, drained_after_pause_when_sent_at_once, .init = init_test, .timeout = TU_TIMEOUT)
+{
+    struct ec e;
+    memset(&e, 0, sizeof e);
+    goev_reactor *r = tu_reactor_new(1);
+    goev_acceptor *a;
+    cr_assert_eq(goev_acceptor_new(&a, r, r, "127.0.0.1:0", NULL, bulk_new, &e), 0);
+    tu_reactor_start(r);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int big = 8 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)goev_acceptor_port(a))};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    tu_set_io_timeout(fd, 5000);
+    cr_assert_eq(tu_connect_fd(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    static char buf[BULK];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(tu_write_all(fd, "go", 2), 0);
+        cr_assert_eq(tu_read_exact(fd, buf, sizeof buf), 0, "answer %d never came: paused for good", i);
+        /* Let the server see its queue empty (and resume) before the next
+         * "go", so each one is a read of its own. */
+        cr_assert(TU_WAIT_FOR(TU_LOAD(&e.got) == (size_t)i + 1, 5000), "on_drained %zu", e.got);
+    }
+    close(fd);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&e.closes) == 1, 5000));
+    tu_reactor_stop_wait(r);
+    goev_acceptor_free(a);
+    goev_reactor_free(r);
+    tu_assert_no_failures();
 }
