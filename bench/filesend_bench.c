@@ -27,7 +27,9 @@
  *
  * Output: one `method=... cpu_us_per_mib=... syscalls_per_mib=... mib_s=...`
  * line per run, then `median_ratio_cpu_splice_over_sendfile=...`. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
