@@ -40,6 +40,8 @@ enum {
     OP_WAKE,
     OP_CANCEL_RECV, /* a pause's cancel: retried if the recv was busy */
     OP_WRITABLE,    /* POLLOUT wait of a file send the socket had no room for */
+    OP_SPLICE_IN,   /* file -> pipe, linked to */
+    OP_SPLICE_OUT,  /* pipe -> socket */
 };
 
 enum {
@@ -50,6 +52,12 @@ enum {
 };
 
 #define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
+/* File ranges of at least SPLICE_MIN go through a pipe by SPLICE, a pipe's
+ * default 64 KiB at a time; smaller ones by sendfile(2).  bench/filesend_bench
+ * measured the crossover on kernel 6.18 (README, "Sending files"). */
+#define SPLICE_MIN ((uint64_t)128 << 10)
+#define SPLICE_CHUNK ((uint32_t)64 << 10)
+#define PIPE_STASH 16       /* empty pipes kept per poller for the next range */
 
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
 #define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
@@ -72,6 +80,8 @@ struct ur {
     int wake_armed;
     uint64_t wake_val;
     pthread_t owner;
+    int pipes[PIPE_STASH][2];   /* empty pipes, ready for a splice */
+    unsigned npipes;
 };
 
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
@@ -336,8 +346,7 @@ static unsigned nop_out(struct ur *u, uint64_t ud, bool any_conn_op)
         bool hit;
         if (any_conn_op)
             hit = (x & 0x00ffffffffffffffull) == (ud & 0x00ffffffffffffffull) &&
-                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) == OP_CANCEL_RECV ||
-                   UD_OP(x) == OP_WRITABLE);
+                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) >= OP_CANCEL_RECV);
         else
             hit = x == ud;
         if (hit && s->opcode != IORING_OP_NOP) {
@@ -416,6 +425,10 @@ static int arm_wake(goev_poller *p, struct ur *u)
 
 static void ur_free(struct ur *u)
 {
+    for (unsigned i = 0; i < u->npipes; i++) {
+        close(u->pipes[i][0]);
+        close(u->pipes[i][1]);
+    }
     if (u->bufs)
         munmap(u->bufs, u->bufs_bytes);
     if (u->br)
@@ -551,11 +564,57 @@ static void ur_poller_fini(goev_poller *p)
 
 /* ---- connections ------------------------------------------------------------ */
 
+/* A pipe for c's splices: from the stash, or a new one. */
+static int pipe_get(struct goev__conn *c)
+{
+    struct ur *u = UR(c->p);
+    int fds[2];
+    if (u->npipes) {
+        u->npipes--;
+        fds[0] = u->pipes[u->npipes][0];
+        fds[1] = u->pipes[u->npipes][1];
+    } else {
+        GOEV__STAT_INC(c->p, sys_other);
+        /* Non-blocking: a splice out of a pipe that came up empty must not
+         * wait for a writer (we hold the write end ourselves). */
+        if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+            return -errno;
+    }
+    c->b.ur.sp.pipe_r = fds[0];
+    c->b.ur.sp.pipe_w = fds[1];
+    c->b.ur.sp.fill = 0;
+    c->b.ur.sp.ops = 0;
+    c->b.ur.sp.blocked = 0;
+    c->b.ur.sp.err = 0;
+    c->b.ur.splicing = 1;
+    return 0;
+}
+
+/* Done with c's pipe: an empty one goes back to the stash, one still
+ * holding bytes (the connection closed under it) is closed. */
+static void pipe_put(struct goev__conn *c)
+{
+    struct ur *u = UR(c->p);
+    int r = c->b.ur.sp.pipe_r, w = c->b.ur.sp.pipe_w;
+    c->b.ur.splicing = 0;
+    if (c->b.ur.sp.fill == 0 && u->npipes < PIPE_STASH) {
+        u->pipes[u->npipes][0] = r;
+        u->pipes[u->npipes][1] = w;
+        u->npipes++;
+        return;
+    }
+    close(r);
+    close(w);
+    GOEV__STAT_ADD(c->p, sys_other, 2);
+}
+
 static void maybe_release(struct goev__conn *c)
 {
     if (c->b.ur.inflight || c->b.ur.released)
         return;
     c->b.ur.released = 1;
+    if (c->b.ur.splicing)
+        pipe_put(c);
     if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
         close(c->fd);
         GOEV__STAT_INC(c->p, sys_other);
@@ -656,11 +715,63 @@ static bool send_file(struct goev__conn *c)
     return c->out.bytes > 0;
 }
 
+/* A large file range: SPLICE file -> pipe linked to SPLICE pipe -> socket,
+ * submitted with the pass's enter; or, with bytes left in the pipe from a
+ * short send, pipe -> socket alone.  Both count as c's output op. */
+static void splice_file(struct goev__conn *c, struct goev__fileref *f)
+{
+    goev_poller *p = c->p;
+    struct ur *u = UR(p);
+    if (!c->b.ur.splicing) {
+        int rc = pipe_get(c);
+        if (rc < 0) {
+            goev__on_error(c, rc);
+            return;
+        }
+    }
+    uint32_t out_len = c->b.ur.sp.fill;
+    struct io_uring_sqe *in = NULL, *out;
+    if (!out_len) {
+        out_len = f->left < SPLICE_CHUNK ? (uint32_t)f->left : SPLICE_CHUNK;
+        in = get_sqe(p, u);
+        if (!in) {
+            goev__on_error(c, -EBUSY);
+            return;
+        }
+        io_uring_prep_splice(in, f->fd, (int64_t)f->off, c->b.ur.sp.pipe_w, -1, out_len, 0);
+        in->flags |= IOSQE_IO_LINK;
+        io_uring_sqe_set_data64(in, UD_CONN(OP_SPLICE_IN, c));
+        c->b.ur.sp.ops++;
+        c->b.ur.inflight++;
+    }
+    out = get_sqe(p, u);
+    if (!out) {
+        /* The linked IN (if any) runs alone and fills the pipe; the OUT
+         * is asked for again when it completes. */
+        if (in)
+            in->flags &= (uint8_t)~IOSQE_IO_LINK;
+        else
+            goev__on_error(c, -EBUSY);
+        c->b.ur.send_armed = in != NULL;
+        return;
+    }
+    io_uring_prep_splice(out, c->b.ur.sp.pipe_r, -1, c->fd, -1, out_len, 0);
+    io_uring_sqe_set_data64(out, UD_CONN(OP_SPLICE_OUT, c));
+    c->b.ur.sp.ops++;
+    c->b.ur.inflight++;
+    c->b.ur.send_armed = 1;
+}
+
 static void ur_flush(struct goev__conn *c)
 {
     if (c->b.ur.send_armed || c->b.ur.connect_armed || (c->flags & GOEV__C_CLOSING))
         return;
-    if (goev__outq_head_file(&c->out) && !send_file(c))
+    struct goev__fileref *f = goev__outq_head_file(&c->out);
+    if (f && (c->b.ur.splicing || f->left >= SPLICE_MIN)) {
+        splice_file(c, f);
+        return;
+    }
+    if (f && !send_file(c))
         return;
     size_t bytes;
     int n = goev__outq_iov(&c->out, c->out.inflight, c->b.ur.iov, 8, &bytes);
@@ -888,6 +999,54 @@ static void on_writable(struct goev__conn *c, int res)
         maybe_release(c);
 }
 
+static void on_splice(struct goev__conn *c, unsigned op, int res)
+{
+    c->b.ur.inflight--;
+    c->b.ur.sp.ops--;
+    if (op == OP_SPLICE_IN) {
+        if (res > 0)
+            c->b.ur.sp.fill += (uint32_t)res;
+        else if (!c->b.ur.sp.err)
+            c->b.ur.sp.err = res ? res : -ENODATA;  /* 0: the file ended early */
+    } else if (res > 0) {
+        c->b.ur.sp.fill -= (uint32_t)res;
+        if (!(c->flags & GOEV__C_CLOSING)) {
+            /* Short when the socket had less room: on_drained is due. */
+            goev__on_sent(c, (size_t)res, c->b.ur.sp.fill > 0);
+        }
+    } else if (res == -EAGAIN) {
+        c->b.ur.sp.blocked = 1;
+    } else if (res < 0 && res != -ECANCELED && !c->b.ur.sp.err) {
+        c->b.ur.sp.err = res;   /* ECANCELED: the linked IN came up short */
+    }
+    if (c->b.ur.sp.ops)
+        return;
+    /* The round is over. */
+    c->b.ur.send_armed = 0;
+    if (c->flags & GOEV__C_CLOSING) {
+        maybe_release(c);
+        return;
+    }
+    int err = c->b.ur.sp.err;
+    c->b.ur.sp.err = 0;
+    if (err) {
+        goev__on_error(c, err);
+        if (c->flags & GOEV__C_CLOSING)
+            maybe_release(c);
+        return;
+    }
+    if (c->b.ur.sp.blocked) {
+        c->b.ur.sp.blocked = 0;
+        goev__on_sent(c, 0, true);      /* back-pressure: on_drained later */
+        arm_writable(c);
+        return;
+    }
+    if (!c->b.ur.sp.fill)
+        pipe_put(c);
+    if (c->out.bytes)
+        goev__mark_dirty(c);
+}
+
 static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
@@ -1026,6 +1185,10 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     case OP_WRITABLE:
         on_writable(c, res);
+        break;
+    case OP_SPLICE_IN:
+    case OP_SPLICE_OUT:
+        on_splice(c, op, res);
         break;
     case OP_POLL:
         on_poll(p, c, res);
