@@ -132,8 +132,18 @@ GOEV_EXTERN int goev_reactor_stop(goev_reactor *r);
 
 /* Free the reactor.  If it has run, call after goev_reactor_run returned or
  * goev_reactor_wait returned.  If it never ran, every connection, listener
- * and watch registered on it is closed here, on this thread, and on_close is
- * called for each.  Acceptors of r must be freed first.  NULL is a no-op. */
+ * and watch registered on it is closed during this call (on a thread of
+ * goev's, which this call waits for), and on_close is called for each.
+ * Acceptors of r must be freed first.  NULL is a no-op.
+ *
+ * io_uring and EINTR: Linux notifies every thread that submitted to a ring
+ * when the ring is torn down, and that thread's next blocking system call
+ * then fails once with EINTR, as after a signal.  goev creates, probes,
+ * enables and tears down its rings on threads of its own, so creating,
+ * starting and freeing a reactor leave yours alone - except the thread that
+ * called goev_reactor_run, which ran poller 0: after goev_reactor_free, its
+ * next blocking call may return EINTR.  Code that retries on EINTR (as all
+ * code that may see a signal must) needs nothing more. */
 GOEV_EXTERN void goev_reactor_free(goev_reactor *r);
 
 /* "io_uring" or "epoll": the backend r uses.  Any thread. */

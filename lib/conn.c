@@ -49,13 +49,12 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
         p->nslots++;
     }
     struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
-    uint32_t gen = c->gen;
     /* A connection closed after it was marked dirty stays linked on the
      * flush list until the end of the pass: keep the link. */
     uint32_t dirty = c->flags & GOEV__C_DIRTY;
     struct goev__conn *dirty_next = c->dirty_next;
-    memset(c, 0, sizeof *c);
-    c->gen = gen;
+    memset((char *)c + offsetof(struct goev__conn, slot), 0,
+           sizeof *c - offsetof(struct goev__conn, slot));
     c->flags = dirty;
     c->dirty_next = dirty_next;
     c->slot = slot;

@@ -148,10 +148,13 @@ enum {
 };
 
 struct goev__conn {
+    /* First, and never cleared: goev_async_write reads it from other
+     * threads (atomically), while slot reuse resets everything after it. */
+    uint32_t gen;
+    uint32_t slot;
     goev_handler *h;
     goev_poller *p;
     int fd;
-    uint32_t slot, gen;
     uint32_t flags;
     uint8_t kind;
     int close_reason;

@@ -41,6 +41,49 @@ static bool fallback_errno(int rc)
 }
 #endif
 
+/* Run fn(arg) on a short-lived thread of its own (all signals blocked),
+ * or here if no thread can be had.  What sets up io_uring rings runs so:
+ * Linux sends the thread that created a ring (or submitted to it) a
+ * task-work notification when the ring is torn down, which makes that
+ * thread's next blocking system call fail with EINTR.  The rings of the
+ * probe and of the pollers must not do that to the application's thread. */
+static void on_fresh_thread(void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    pthread_t th;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&th, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        fn(arg);
+    else
+        pthread_join(th, NULL);
+}
+
+#ifdef GOEV_HAVE_URING
+struct probe_run {
+    const struct goev__backend *be;
+    char *why;
+    size_t len;
+    int rc;
+};
+
+static void *probe_main(void *arg)
+{
+    struct probe_run *pr = arg;
+    pr->rc = pr->be->probe(pr->why, pr->len);
+    return NULL;
+}
+
+static int run_probe(const struct goev__backend *be, char *why, size_t len)
+{
+    struct probe_run pr = {.be = be, .why = why, .len = len};
+    on_fresh_thread(probe_main, &pr);
+    return pr.rc;
+}
+#endif
+
 /* Pick the backend from GOEV_BACKEND.  An explicit io_uring that cannot be
  * had is an error: an A/B run must never compare epoll with epoll. */
 static int choose_backend(goev_reactor *r)
@@ -61,7 +104,7 @@ static int choose_backend(goev_reactor *r)
         return -EINVAL;
     }
 #ifdef GOEV_HAVE_URING
-    int rc = goev__uring_backend.probe(why, sizeof why);
+    int rc = run_probe(&goev__uring_backend, why, sizeof why);
     if (rc == 0) {
         r->be = &goev__uring_backend;
         snprintf(r->reason, sizeof r->reason, "GOEV_BACKEND=%s: io_uring ready (%s)", env, why);
@@ -126,6 +169,24 @@ static void poller_fini(goev_poller *p)
     pthread_mutex_destroy(&p->mq.mu);
 }
 
+struct init_run {
+    goev_reactor *r;
+    int rc, failed;
+};
+
+static void *init_pollers(void *arg)
+{
+    struct init_run *ir = arg;
+    for (int i = 0; i < ir->r->npollers; i++) {
+        ir->rc = poller_init(ir->r, &ir->r->pollers[i], i);
+        if (ir->rc < 0) {
+            ir->failed = i;
+            break;
+        }
+    }
+    return NULL;
+}
+
 int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
 {
     tls_error[0] = 0;
@@ -172,16 +233,15 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
         free(r);
         return -ENOMEM;
     }
-    for (int i = 0; i < o.pollers; i++) {
-        rc = poller_init(r, &r->pollers[i], i);
-        if (rc < 0) {
-            set_error("goev_reactor_new: setting up a %s poller: %s", r->be->name, strerror(-rc));
-            for (int j = 0; j <= i; j++)
-                poller_fini(&r->pollers[j]);
-            free(r->pollers);
-            free(r);
-            return rc;
-        }
+    struct init_run ir = {.r = r};
+    on_fresh_thread(init_pollers, &ir);
+    if (ir.rc < 0) {
+        set_error("goev_reactor_new: setting up a %s poller: %s", r->be->name, strerror(-ir.rc));
+        for (int j = 0; j <= ir.failed; j++)
+            poller_fini(&r->pollers[j]);
+        free(r->pollers);
+        free(r);
+        return ir.rc;
     }
     *out = r;
     return 0;
@@ -611,24 +671,32 @@ int goev_reactor_stop(goev_reactor *r)
     return 0;
 }
 
+/* A reactor that never ran: close what was set up, as the pollers would
+ * have, each poller in turn on one thread (see on_fresh_thread for why not
+ * the caller's). */
+static void *shutdown_unrun(void *arg)
+{
+    goev_reactor *r = arg;
+    goev_poller *saved = tls_poller;   /* not on a fresh thread if none could be had */
+    struct sigpipe_guard guard;
+    sigpipe_block(&guard);
+    for (int i = 0; i < r->npollers; i++) {
+        goev_poller *p = &r->pollers[i];
+        tls_poller = p;
+        if (p->be->thread_start(p) == 0)
+            poller_shutdown(p);
+    }
+    tls_poller = saved;
+    sigpipe_restore(&guard);
+    return NULL;
+}
+
 void goev_reactor_free(goev_reactor *r)
 {
     if (!r)
         return;
-    if (r->state == 0) {
-        /* Never ran: close what was set up, here, as the pollers would. */
-        goev_poller *saved = tls_poller;
-        struct sigpipe_guard guard;
-        sigpipe_block(&guard);
-        for (int i = 0; i < r->npollers; i++) {
-            goev_poller *p = &r->pollers[i];
-            tls_poller = p;
-            if (p->be->thread_start(p) == 0)
-                poller_shutdown(p);
-        }
-        sigpipe_restore(&guard);
-        tls_poller = saved;
-    }
+    if (r->state == 0)
+        on_fresh_thread(shutdown_unrun, r);
     for (int i = 0; i < r->npollers; i++)
         poller_fini(&r->pollers[i]);
     free(r->pollers);

@@ -268,3 +268,62 @@ Test(backend, run_state_errors, .timeout = TU_TIMEOUT)
     goev_reactor_free(NULL);
     tu_assert_fds(fds);
 }
+
+struct quiet {
+    goev_handler h;
+    int closes;
+};
+
+static ssize_t quiet_read(goev_handler *h, const char *d, size_t n)
+{
+    return (ssize_t)n;
+}
+
+static void quiet_close(goev_handler *h, int reason)
+{
+    ((struct quiet *)h)->closes++;
+}
+
+static const struct goev_handler_ops quiet_ops = {.on_read = quiet_read, .on_close = quiet_close};
+
+/* Creating a reactor leaves the calling thread alone: its next blocking
+ * call with a timeout times out, it does not fail with EINTR (the io_uring
+ * probe's ring, torn down, used to notify the thread that had used it). */
+Test(backend, new_does_not_interrupt_the_caller, .timeout = TU_TIMEOUT)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    tu_set_io_timeout(sv[0], 100);
+    for (int i = 0; i < 3; i++) {
+        goev_reactor *r = tu_reactor_new(1);
+        char c;
+        ssize_t n = recv(sv[0], &c, 1, 0);
+        int e = errno;
+        cr_assert(n < 0 && (e == EAGAIN || e == EWOULDBLOCK),
+                  "recv after goev_reactor_new: %zd (%s)", n, strerror(e));
+        /* Started and stopped on threads of goev's own: still quiet here. */
+        tu_reactor_start(r);
+        tu_reactor_stop_wait(r);
+        goev_reactor_free(r);
+        n = recv(sv[0], &c, 1, 0);
+        e = errno;
+        cr_assert(n < 0 && (e == EAGAIN || e == EWOULDBLOCK),
+                  "recv after a started reactor's free: %zd (%s)", n, strerror(e));
+        /* Never run: freed with its connections closed on goev's thread. */
+        r = tu_reactor_new(1);
+        int sp[2];
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+        struct quiet q = {0};
+        goev_handler_init(&q.h, &quiet_ops);
+        cr_assert_eq(goev_conn_open(goev_reactor_poller(r, 0), &q.h, sp[0]), 0);
+        goev_reactor_free(r);
+        cr_assert_eq(q.closes, 1, "the never-run reactor's connection was not closed");
+        close(sp[1]);
+        n = recv(sv[0], &c, 1, 0);
+        e = errno;
+        cr_assert(n < 0 && (e == EAGAIN || e == EWOULDBLOCK),
+                  "recv after a never-run reactor's free: %zd (%s)", n, strerror(e));
+    }
+    close(sv[0]);
+    close(sv[1]);
+}
