@@ -12,8 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -340,6 +344,375 @@ void tu_assert_fds(int before)
         now = tu_fd_count();
     }
     cr_assert_eq(now, before, "fd leak: %d open before, %d after", before, now);
+}
+
+/* ---- child processes ---------------------------------------------------- */
+
+/* Servers started and not yet stopped, by pid and stderr fd (copies: the
+ * caller's struct may be on a stack that a failed assertion unwound). */
+#define TU_MAX_SERVERS 16
+static struct {
+    pid_t pid;
+    int err_fd;
+} live_servers[TU_MAX_SERVERS];
+
+static void live_add(pid_t pid, int err_fd)
+{
+    for (int i = 0; i < TU_MAX_SERVERS; i++)
+        if (!live_servers[i].pid) {
+            live_servers[i].pid = pid;
+            live_servers[i].err_fd = err_fd;
+            return;
+        }
+}
+
+static void live_del(pid_t pid)
+{
+    for (int i = 0; i < TU_MAX_SERVERS; i++)
+        if (live_servers[i].pid == pid)
+            live_servers[i].pid = 0;
+}
+
+void tu_servers_cleanup(void)
+{
+    for (int i = 0; i < TU_MAX_SERVERS; i++) {
+        pid_t pid = live_servers[i].pid;
+        if (!pid)
+            continue;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        close(live_servers[i].err_fd);
+        live_servers[i].pid = 0;
+    }
+}
+
+static int wait_status(int st)
+{
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return -1;
+}
+
+/* In a freshly forked child, before exec: die with the parent, drop every
+ * fd but 0-2 (the test process's pipes are not the child's business) and
+ * undo the signal state the test process may have (blocked or ignored
+ * signals are inherited across exec). */
+static void child_setup(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)        /* the parent died before prctl */
+        _exit(127);
+    if (syscall(SYS_close_range, 3u, ~0u, 0u) < 0)
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL);
+}
+
+/* Append what can be read from fd now (or within ms) to *buf.  Returns 1
+ * at EOF, 0 otherwise.  Keeps at most 1 MiB. */
+static int drain_fd(int fd, char **buf, size_t *len, size_t *cap, int ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int rc = poll(&pfd, 1, ms);
+    if (rc <= 0)
+        return 0;
+    char tmp[4096];
+    ssize_t n = read(fd, tmp, sizeof tmp);
+    if (n < 0)
+        return errno == EINTR || errno == EAGAIN ? 0 : 1;
+    if (n == 0)
+        return 1;
+    if (*len + (size_t)n + 1 > *cap && *len < (1u << 20)) {
+        size_t c = *cap ? *cap : 4096;
+        while (c < *len + (size_t)n + 1)
+            c *= 2;
+        char *b = realloc(*buf, c);
+        if (b) {
+            *buf = b;
+            *cap = c;
+        }
+    }
+    if (*len + (size_t)n + 1 <= *cap) {
+        memcpy(*buf + *len, tmp, (size_t)n);
+        *len += (size_t)n;
+        (*buf)[*len] = '\0';
+    }
+    return 0;
+}
+
+/* Whether this process can use io_uring (for the skip rule of
+ * tu_server_start): a reactor made and freed at once. */
+static void require_backend(void)
+{
+    if (strcmp(tu_backend_env(), "io_uring") != 0)
+        return;
+    goev_reactor *r = tu_reactor_new(1);    /* skips the test if refused */
+    goev_reactor_free(r);
+}
+
+void tu_server_start(struct tu_server *s, const char *const argv[])
+{
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    require_backend();
+    int ep[2];
+    cr_assert(pipe2(ep, O_CLOEXEC) == 0, "pipe2: %s", strerror(errno));
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(ep[1], 2);
+        child_setup(parent);
+        execv(argv[0], (char *const *)argv);
+        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(ep[1]);
+    s->pid = pid;
+    s->err_fd = ep[0];
+    live_add(pid, ep[0]);
+
+    size_t cap = 0;
+    uint64_t deadline = tu_now_ms() + TU_IO_TIMEOUT_MS;
+    const char *line = NULL;
+    int eof = 0;
+    while (!eof && tu_now_ms() < deadline) {
+        eof = drain_fd(s->err_fd, &s->log, &s->log_len, &cap, 10);
+        if (s->log && (line = strstr(s->log, "listening on ")) && strchr(line, '\n'))
+            break;
+        line = NULL;
+    }
+    if (!line) {
+        int st = tu_server_stop(s, SIGKILL, 1000);
+        cr_assert_fail("%s did not start (%s, exit status %d); its stderr:\n%s", argv[0],
+                       eof ? "stderr closed" : "timed out", st, s->log ? s->log : "");
+    }
+    cr_assert(sscanf(line, "listening on %d backend=%15s", &s->port, s->backend) == 2 &&
+                  s->port > 0,
+              "cannot read the port from: %s", line);
+    const char *want = tu_backend_env();
+    if (strcmp(want, "epoll") == 0 || strcmp(want, "io_uring") == 0)
+        cr_assert_str_eq(s->backend, want, "GOEV_BACKEND=%s but %s says backend=%s", want,
+                         argv[0], s->backend);
+}
+
+int tu_server_stop(struct tu_server *s, int sig, int ms)
+{
+    if (!s->pid)
+        return -1;
+    kill(s->pid, sig);
+    size_t cap = s->log_len + 1;
+    uint64_t deadline = tu_now_ms() + (uint64_t)ms;
+    int status = -1, st, eof = s->err_fd < 0;
+    for (;;) {
+        if (!eof)
+            eof = drain_fd(s->err_fd, &s->log, &s->log_len, &cap, 10);
+        else
+            tu_sleep_ms(5);
+        pid_t w = waitpid(s->pid, &st, WNOHANG);
+        if (w == s->pid) {
+            status = wait_status(st);
+            break;
+        }
+        if (tu_now_ms() >= deadline) {
+            kill(s->pid, SIGKILL);
+            while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+            break;
+        }
+    }
+    /* What the child wrote last (a sanitizer's report) is in the pipe. */
+    for (int i = 0; !eof && i < 100; i++)
+        eof = drain_fd(s->err_fd, &s->log, &s->log_len, &cap, 10);
+    live_del(s->pid);
+    if (s->err_fd >= 0)
+        close(s->err_fd);
+    s->err_fd = -1;
+    s->pid = 0;
+    return status;
+}
+
+void tu_server_free(struct tu_server *s)
+{
+    if (s->pid)
+        tu_server_stop(s, SIGKILL, 1000);
+    free(s->log);
+    s->log = NULL;
+    s->log_len = 0;
+}
+
+void tu_server_stop_ok(struct tu_server *s)
+{
+    int st = tu_server_stop(s, SIGTERM, TU_IO_TIMEOUT_MS);
+    if (st != 0) {
+        /* Copy what the assertion prints: s->log is freed first. */
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", s->log ? s->log : "");
+        tu_server_free(s);
+        cr_assert_fail("server exit status %d after SIGTERM (want 0); its stderr:\n%s", st, msg);
+    }
+    tu_server_free(s);
+}
+
+int tu_proc_fd_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+void tu_output_free(struct tu_output *o)
+{
+    if (!o)
+        return;
+    free(o->out);
+    free(o->err);
+    memset(o, 0, sizeof *o);
+}
+
+int tu_run(const char *const argv[], const char *input, int ms, struct tu_output *o)
+{
+    struct tu_output local = {0};
+    struct tu_output *out = o ? o : &local;
+    memset(out, 0, sizeof *out);
+    int ip[2] = {-1, -1}, op[2], ep[2];
+    if (input && pipe2(ip, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(op, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0)
+        return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int in = input ? ip[0] : open("/dev/null", O_RDONLY);
+        dup2(in, 0);
+        dup2(op[1], 1);
+        dup2(ep[1], 2);
+        child_setup(parent);
+        execvp(argv[0], (char *const *)argv);
+        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(op[1]);
+    close(ep[1]);
+    if (input)
+        close(ip[0]);
+    int in_fd = input ? ip[1] : -1;
+    size_t in_off = 0, in_len = input ? strlen(input) : 0;
+    if (in_fd >= 0 && in_len == 0) {
+        close(in_fd);
+        in_fd = -1;
+    }
+    if (in_fd >= 0)
+        fcntl(in_fd, F_SETFL, O_NONBLOCK);
+    size_t ocap = 0, ecap = 0;
+    int oeof = 0, eeof = 0, status = -1, st;
+    uint64_t deadline = tu_now_ms() + (uint64_t)ms;
+    while (!(oeof && eeof)) {
+        uint64_t now = tu_now_ms();
+        if (now >= deadline)
+            break;
+        struct pollfd pfd[3] = {
+            {.fd = oeof ? -1 : op[0], .events = POLLIN},
+            {.fd = eeof ? -1 : ep[0], .events = POLLIN},
+            {.fd = in_fd, .events = POLLOUT},
+        };
+        int rc = poll(pfd, 3, (int)(deadline - now));
+        if (rc < 0 && errno != EINTR)
+            break;
+        if (rc <= 0)
+            continue;
+        if (pfd[0].revents)
+            oeof = drain_fd(op[0], &out->out, &out->out_len, &ocap, 0);
+        if (pfd[1].revents)
+            eeof = drain_fd(ep[0], &out->err, &out->err_len, &ecap, 0);
+        if (in_fd >= 0 && pfd[2].revents) {
+            ssize_t n = write(in_fd, input + in_off, in_len - in_off);
+            if (n > 0)
+                in_off += (size_t)n;
+            if ((n < 0 && errno != EAGAIN && errno != EINTR) || in_off == in_len) {
+                close(in_fd);
+                in_fd = -1;
+            }
+        }
+    }
+    if (in_fd >= 0)
+        close(in_fd);
+    close(op[0]);
+    close(ep[0]);
+    if (oeof && eeof) {
+        /* Both pipes closed: the child is exiting (or handed them on). */
+        while (tu_now_ms() < deadline) {
+            pid_t w = waitpid(pid, &st, WNOHANG);
+            if (w == pid) {
+                status = wait_status(st);
+                break;
+            }
+            tu_sleep_ms(2);
+        }
+    }
+    if (status == -1) {
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    /* Never NULL for the caller, so that strstr and printing are safe. */
+    if (!out->out)
+        out->out = calloc(1, 1);
+    if (!out->err)
+        out->err = calloc(1, 1);
+    if (!o)
+        tu_output_free(&local);
+    return status;
+}
+
+bool tu_have_tool(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path || strchr(name, '/'))
+        return access(name, X_OK) == 0;
+    char buf[4096];
+    for (const char *p = path;;) {
+        const char *c = strchr(p, ':');
+        size_t n = c ? (size_t)(c - p) : strlen(p);
+        snprintf(buf, sizeof buf, "%.*s/%s", (int)n, n ? p : ".", name);
+        struct stat sb;
+        if (stat(buf, &sb) == 0 && S_ISREG(sb.st_mode) && access(buf, X_OK) == 0)
+            return true;
+        if (!c)
+            return false;
+        p = c + 1;
+    }
+}
+
+void tu_require_tool(const char *name)
+{
+    if (tu_have_tool(name))
+        return;
+    if (getenv("CI"))
+        cr_assert_fail("%s is not installed; CI is set, so this check must run "
+                       "(scripts/deps installs it)", name);
+    cr_skip_test("%s is not installed: check skipped (set CI to make this a failure)", name);
 }
 
 /* ---- temporary directory ------------------------------------------------ */

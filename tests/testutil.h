@@ -97,6 +97,78 @@ int tu_fd_count(void);
 /* Assert the count returns to `before`, giving late closes up to 2 s. */
 void tu_assert_fds(int before);
 
+/* ---- child processes: example servers and client programs --------------- */
+
+/* An example server started by tu_server_start.  The fields are the
+ * caller's to read. */
+struct tu_server {
+    pid_t pid;              /* 0 once stopped */
+    int port;               /* from its "listening on PORT backend=NAME" line */
+    char backend[16];       /* NAME from that line */
+    int err_fd;             /* read end of the child's stderr, -1 once closed */
+    char *log;              /* what the child wrote on stderr so far (NUL-ended) */
+    size_t log_len;
+};
+
+/* Start argv (argv[0] is a path; argv NULL-terminated) as a child process
+ * and wait up to TU_IO_TIMEOUT_MS for the line "listening on PORT
+ * backend=NAME" on its stderr.  The child inherits this process's
+ * environment (so GOEV_BACKEND reaches it) but no fd other than 0-2: stdin
+ * is /dev/null, stdout is this process's, stderr a pipe read into s->log.
+ * It gets SIGKILL when the test process dies (PR_SET_PDEATHSIG), and
+ * tu_servers_cleanup kills it if the test ends before tu_server_stop.
+ * Asserts that it started, and that NAME is GOEV_BACKEND when that says
+ * epoll or io_uring.  Skips the test, as tu_reactor_new does, when
+ * GOEV_BACKEND=io_uring and the kernel refuses io_uring. */
+void tu_server_start(struct tu_server *s, const char *const argv[]);
+
+/* Send sig to the server and wait up to ms for it to exit, reading the rest
+ * of its stderr into s->log.  Returns its exit status (0..255), 128 + N if
+ * signal N killed it, or -1 if it did not exit in time (it is then killed
+ * with SIGKILL and reaped).  Frees nothing the caller reads: call
+ * tu_server_free afterwards. */
+int tu_server_stop(struct tu_server *s, int sig, int ms);
+
+/* tu_server_stop(s, SIGTERM, TU_IO_TIMEOUT_MS), asserting exit status 0
+ * (which an ASan/LSan build of the server fails on a leak), then
+ * tu_server_free.  The usual end of a test. */
+void tu_server_stop_ok(struct tu_server *s);
+
+/* Release s->log (and kill the server if it still runs). */
+void tu_server_free(struct tu_server *s);
+
+/* Kill with SIGKILL and reap every server this process started and did not
+ * stop.  For a test's .fini, so that a failed assertion leaves no server
+ * behind; harmless when there is none. */
+void tu_servers_cleanup(void);
+
+/* Open fds of process pid (the entries of /proc/PID/fd), or -1. */
+int tu_proc_fd_count(pid_t pid);
+
+/* What tu_run captured: NUL-terminated, malloc'd; free with
+ * tu_output_free. */
+struct tu_output {
+    char *out, *err;
+    size_t out_len, err_len;
+};
+
+/* Run argv (argv[0] looked up on PATH), feeding it `input` on stdin (NULL:
+ * /dev/null), capturing stdout and stderr into *o (o may be NULL to
+ * discard them), for at most ms.  The child has only fds 0-2 and dies with
+ * the test process.  Returns the exit status (0..255; 127 if it could not
+ * be executed), 128 + N if signal N killed it, or -1 on timeout (it is then
+ * killed) or if it could not be started. */
+int tu_run(const char *const argv[], const char *input, int ms, struct tu_output *o);
+void tu_output_free(struct tu_output *o);
+
+/* true if an executable called name is on PATH. */
+bool tu_have_tool(const char *name);
+
+/* A check that needs the client program `name` (curl, python3, wrk...):
+ * if it is not on PATH, fail the test when the environment variable CI is
+ * set (a CI machine must run every check) and skip it otherwise. */
+void tu_require_tool(const char *name);
+
 /* ---- temporary directory ------------------------------------------------ */
 
 /* mkdtemp under /tmp; the path is valid until tu_tmpdir_free. */
