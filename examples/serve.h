@@ -1,11 +1,13 @@
 /* serve.h - the command line and life cycle the example servers share:
  *
- *   PROG -p PORT [-t POLLERS] [-r] [-s]
+ *   PROG -p PORT [-t POLLERS] [-r] [-s] [the server's own options]
  *
  * -p 0 picks a free port (printed on stderr), -t sets the number of pollers,
  * -r gives each poller its own SO_REUSEPORT listener, -s prints the summed
  * goev statistics on exit as key=value pairs (bench/run reads them).
- * SIGINT and SIGTERM stop the reactor; the servers then exit cleanly. */
+ * SIGINT and SIGTERM stop the reactor; the servers then exit cleanly.
+ * A server with options of its own describes them in a struct serve_extra
+ * and parses with serve_parse_ex; the letters p, t, r and s stay common. */
 #ifndef EXAMPLES_SERVE_H
 #define EXAMPLES_SERVE_H
 
@@ -29,23 +31,52 @@ static void serve_on_signal(int sig)
     goev_reactor_stop(serve_reactor_);   /* async-signal-safe */
 }
 
-static inline void serve_parse(int argc, char **argv, struct serve_opts *o)
+/* Options of one server beyond the common ones.  letters: getopt letters
+ * ("d:b:"), none of p, t, r, s; usage: appended to the usage line
+ * (" -d DIR [-b RATE]"); help: printed under it (may be NULL); opt: called
+ * with each letter and its argument (NULL for a flag), returns 0, or -1 for
+ * a bad value (the usage is printed and the program exits with status 2). */
+struct serve_extra {
+    const char *letters;
+    const char *usage;
+    const char *help;
+    int (*opt)(int letter, const char *arg, void *ctx);
+    void *ctx;
+};
+
+/* Print the usage line (x may be NULL) and exit with status 2. */
+static inline void serve_usage(const char *prog, const struct serve_extra *x)
 {
-    int opt;
+    fprintf(stderr, "usage: %s -p PORT [-t POLLERS] [-r] [-s]%s\n", prog, x ? x->usage : "");
+    if (x && x->help)
+        fputs(x->help, stderr);
+    exit(2);
+}
+
+static inline void serve_parse_ex(int argc, char **argv, struct serve_opts *o,
+                                  const struct serve_extra *x)
+{
+    char letters[64];
+    int opt, bad = 0;
+    snprintf(letters, sizeof letters, "p:t:rs%s", x ? x->letters : "");
     *o = (struct serve_opts){ .port = -1, .pollers = 1 };
-    while ((opt = getopt(argc, argv, "p:t:rs")) != -1) {
+    while (!bad && (opt = getopt(argc, argv, letters)) != -1) {
         switch (opt) {
         case 'p': o->port = atoi(optarg); break;
         case 't': o->pollers = atoi(optarg); break;
         case 'r': o->reuseport = 1; break;
         case 's': o->stats = 1; break;
-        default: o->port = -1; optind = argc + 1; break;
+        case '?': case ':': bad = 1; break;
+        default: bad = !x || x->opt(opt, optarg, x->ctx) < 0; break;
         }
     }
-    if (o->port < 0 || o->port > 65535 || o->pollers < 1 || optind != argc) {
-        fprintf(stderr, "usage: %s -p PORT [-t POLLERS] [-r] [-s]\n", argv[0]);
-        exit(2);
-    }
+    if (bad || o->port < 0 || o->port > 65535 || o->pollers < 1 || optind != argc)
+        serve_usage(argv[0], x);
+}
+
+static inline void serve_parse(int argc, char **argv, struct serve_opts *o)
+{
+    serve_parse_ex(argc, argv, o, NULL);
 }
 
 /* Create the reactor: 0, or prints why and returns non-zero. */
