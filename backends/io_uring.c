@@ -57,7 +57,6 @@ enum {
  * measured the crossover on kernel 6.18 (README, "Sending files"). */
 #define SPLICE_MIN ((uint64_t)128 << 10)
 #define SPLICE_CHUNK ((uint32_t)64 << 10)
-#define PIPE_STASH 16       /* empty pipes kept per poller for the next range */
 
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
 #define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
@@ -80,8 +79,6 @@ struct ur {
     int wake_armed;
     uint64_t wake_val;
     pthread_t owner;
-    int pipes[PIPE_STASH][2];   /* empty pipes, ready for a splice */
-    unsigned npipes;
 };
 
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
@@ -425,10 +422,6 @@ static int arm_wake(goev_poller *p, struct ur *u)
 
 static void ur_free(struct ur *u)
 {
-    for (unsigned i = 0; i < u->npipes; i++) {
-        close(u->pipes[i][0]);
-        close(u->pipes[i][1]);
-    }
     if (u->bufs)
         munmap(u->bufs, u->bufs_bytes);
     if (u->br)
@@ -564,22 +557,17 @@ static void ur_poller_fini(goev_poller *p)
 
 /* ---- connections ------------------------------------------------------------ */
 
-/* A pipe for c's splices: from the stash, or a new one. */
+/* A pipe for c's splices, for as long as file ranges are at the head of
+ * its queue (a pipe2 and two closes per run of ranges of 128 KiB or more:
+ * nothing next to the data, and no descriptors held by idle pollers). */
 static int pipe_get(struct goev__conn *c)
 {
-    struct ur *u = UR(c->p);
     int fds[2];
-    if (u->npipes) {
-        u->npipes--;
-        fds[0] = u->pipes[u->npipes][0];
-        fds[1] = u->pipes[u->npipes][1];
-    } else {
-        GOEV__STAT_INC(c->p, sys_other);
-        /* Non-blocking: a splice out of a pipe that came up empty must not
-         * wait for a writer (we hold the write end ourselves). */
-        if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
-            return -errno;
-    }
+    GOEV__STAT_INC(c->p, sys_other);
+    /* Non-blocking: a splice out of a pipe that came up empty must not
+     * wait for a writer (we hold the write end ourselves). */
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
     c->b.ur.sp.pipe_r = fds[0];
     c->b.ur.sp.pipe_w = fds[1];
     c->b.ur.sp.fill = 0;
@@ -590,21 +578,11 @@ static int pipe_get(struct goev__conn *c)
     return 0;
 }
 
-/* Done with c's pipe: an empty one goes back to the stash, one still
- * holding bytes (the connection closed under it) is closed. */
 static void pipe_put(struct goev__conn *c)
 {
-    struct ur *u = UR(c->p);
-    int r = c->b.ur.sp.pipe_r, w = c->b.ur.sp.pipe_w;
     c->b.ur.splicing = 0;
-    if (c->b.ur.sp.fill == 0 && u->npipes < PIPE_STASH) {
-        u->pipes[u->npipes][0] = r;
-        u->pipes[u->npipes][1] = w;
-        u->npipes++;
-        return;
-    }
-    close(r);
-    close(w);
+    close(c->b.ur.sp.pipe_r);
+    close(c->b.ur.sp.pipe_w);
     GOEV__STAT_ADD(c->p, sys_other, 2);
 }
 
@@ -1041,7 +1019,8 @@ static void on_splice(struct goev__conn *c, unsigned op, int res)
         arm_writable(c);
         return;
     }
-    if (!c->b.ur.sp.fill)
+    /* Kept while file ranges come first, let go when memory bytes do. */
+    if (!c->b.ur.sp.fill && !goev__outq_head_file(&c->out))
         pipe_put(c);
     if (c->out.bytes)
         goev__mark_dirty(c);

@@ -34,6 +34,7 @@ struct serve_extra {
     /* Take option opt (with its argument, or NULL); 0, or -1 for a bad value. */
     int (*take)(int opt, const char *arg, void *ctx);
     void *ctx;
+    const char *help;           /* printed under the usage line; may be NULL */
 };
 
 /* The reactors the signal handler stops: the accepting and the serving one
@@ -52,6 +53,8 @@ static inline void serve_usage(const char *prog, const struct serve_extra *x)
 {
     fprintf(stderr, "usage: %s -p PORT [-t POLLERS] [-r] [-s]%s%s\n", prog,
             x && x->usage ? " " : "", x && x->usage ? x->usage : "");
+    if (x && x->help)
+        fputs(x->help, stderr);
     exit(2);
 }
 
