@@ -384,6 +384,41 @@ static void wrk_load(const struct server_cmd *cmd)
 }
 SERVER_TEST(wrk_load)
 
+/* ---- examples/connect_pool, goev's pooled client ------------------------------ */
+
+/* 3000 requests, 32 at a time, over a pool of at most 8 connections: all
+ * answered, none failed, the pool never above 8 and never more connections
+ * made than it holds (the server keeps them alive). */
+static void pool_client(const struct server_cmd *cmd)
+{
+    struct tu_server s;
+    tu_server_start(&s, cmd->argv);
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", s.port);
+    struct tu_output o;
+    run_ok((const char *[]){ TOP_BUILDDIR "/examples/connect_pool", "-c", addr, "-n", "3000", "-k",
+                             "32", "--min-idle", "2", "--max-live", "8", NULL }, &o);
+    long req = -1, err = -1, created = -1, max_live = -1;
+    const char *l = strstr(o.out, "requests=");
+    cr_assert(l && sscanf(l, "requests=%ld errors=%ld created=%ld max_live=%ld", &req, &err,
+                          &created, &max_live) == 4, "connect_pool printed:\n%s", o.out);
+    cr_assert_eq(req, 3000, "%s", o.out);
+    cr_assert_eq(err, 0, "%s%s", o.out, o.err);
+    cr_assert(max_live >= 1 && max_live <= 8, "max_live %ld", max_live);
+    cr_assert(created >= 1 && created <= 8, "created %ld connections for a pool of 8", created);
+    cr_assert(strstr(o.out, "latency_us p50="), "no latency line:\n%s", o.out);
+    tu_output_free(&o);
+    /* The server going away: every request fails cleanly, and fast. */
+    tu_server_stop_ok(&s);
+    int st = tu_run((const char *[]){ TOP_BUILDDIR "/examples/connect_pool", "-c", addr, "-n", "20",
+                                      "-k", "4", "--timeout", "3000", NULL },
+                    NULL, CLIENT_MS, &o);
+    cr_assert_eq(st, 1, "connect_pool against a closed port: status %d\n%s", st, o.err);
+    cr_assert(strstr(o.out, "requests=20 errors=20"), "%s", o.out);
+    tu_output_free(&o);
+}
+SERVER_TEST(pool_client)
+
 /* ---- life cycle ------------------------------------------------------------- */
 
 /* 100 connections, all open at once, ended four ways (the server closes
