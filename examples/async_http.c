@@ -40,7 +40,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DATE_LEN 29             /* "Sun, 06 Nov 1994 08:49:37 GMT" */
 #define RESP_MAX 512            /* room one answer may take */
 #define OUT_FLUSH (64 * 1024)   /* a worker sends its buffered answers past this */
 #define TAKE_MAX 64             /* jobs a worker takes out of its queue at once */
@@ -100,8 +99,7 @@ struct worker {
     char *out;                  /* answers to one connection, not sent yet */
     size_t out_len, out_cap;
     goev_conn_id out_id;
-    time_t date_sec;
-    char date[DATE_LEN + 1];
+    struct http_clock clock;
     char plain[256], json[256]; /* the keep-alive HTTP/1.1 200s, whole */
     size_t plain_len, json_len;
 } __attribute__((aligned(64)));
@@ -111,41 +109,16 @@ struct app {
     int nworkers;
 };
 
-static size_t render(char *dst, size_t cap, int status, const char *ctype,
-                     const char *body, size_t blen, const char *date,
-                     const char *conn_hdr, int head_only)
-{
-    int n = snprintf(dst, cap,
-                     "HTTP/1.1 %d %s\r\nServer: goev\r\n%s%s%sContent-Length: %zu\r\n"
-                     "Date: %s\r\n%s\r\n",
-                     status, http_status_reason(status),
-                     ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
-                     blen, date, conn_hdr);
-    if (n < 0 || (size_t)n >= cap)
-        return 0;
-    size_t len = (size_t)n;
-    if (!head_only && blen && len + blen <= cap) {
-        memcpy(dst + len, body, blen);
-        len += blen;
-    }
-    return len;
-}
-
-/* The Date changes once a second; the coarse clock is a vDSO read. */
+/* The two keep-alive answers are rendered whole once a second, with the
+ * Date. */
 static void date_refresh(struct worker *w)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    if (ts.tv_sec == w->date_sec)
+    if (!http_clock_tick(&w->clock))
         return;
-    w->date_sec = ts.tv_sec;
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(w->date, sizeof w->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    w->plain_len = render(w->plain, sizeof w->plain, 200, "text/plain", body_plain,
-                          sizeof body_plain - 1, w->date, "", 0);
-    w->json_len = render(w->json, sizeof w->json, 200, "application/json", body_json,
-                         sizeof body_json - 1, w->date, "", 0);
+    w->plain_len = http_answer(w->plain, sizeof w->plain, 200, "text/plain", body_plain,
+                               sizeof body_plain - 1, w->clock.date, "", 0);
+    w->json_len = http_answer(w->json, sizeof w->json, 200, "application/json", body_json,
+                              sizeof body_json - 1, w->clock.date, "", 0);
 }
 
 /* Send the buffered answers.  If goev could not take them (out of memory)
@@ -207,7 +180,7 @@ static void worker_answer(struct worker *w, const struct job *j)
                 body = http_status_reason(j->status);
             const char *conn_hdr = (j->flags & JOB_CLOSE) ? "Connection: close\r\n"
                                  : (j->flags & JOB_KEEP10) ? "Connection: keep-alive\r\n" : "";
-            w->out_len += render(dst, RESP_MAX, j->status, ctype, body, strlen(body), w->date,
+            w->out_len += http_answer(dst, RESP_MAX, j->status, ctype, body, strlen(body), w->clock.date,
                                  conn_hdr, (j->flags & JOB_HEAD) != 0);
         }
     }
@@ -307,7 +280,7 @@ static int workers_start(struct app *a, goev_reactor *r, unsigned max_delay_us)
         w->max_delay_us = max_delay_us;
         w->index = i;
         w->rng = (0x9e3779b97f4a7c15ull ^ ((uint64_t)(i + 1) << 32) ^ (uint64_t)time(NULL)) | 1;
-        w->date_sec = -1;
+        w->clock.sec = -1;
     }
     /* Workers take no process signals: SIGINT/SIGTERM reach the main
      * thread, which stops the reactors. */

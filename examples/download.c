@@ -89,7 +89,6 @@
 #define SLOT_RATE 0             /* poller-local slot: the rate, as a uintptr_t */
 #define RATE_MAX ((uint64_t)1 << 40)
 #define HDR_MAX 1024            /* room for any response head */
-#define DATE_LEN 29             /* "Sun, 06 Nov 1994 08:49:37 GMT" */
 
 /* Set up in main before the pollers run, read-only afterwards. */
 static struct {
@@ -228,20 +227,11 @@ static void wait_for_queue(struct conn *c)
 
 /* ---- responses ------------------------------------------------------------ */
 
-/* IMF-fixdate of t into buf (DATE_LEN + 1 bytes).  A time that does not
- * fit the format (a year past 9999 in a file's mtime) gives the epoch. */
-static void http_date(time_t t, char *buf)
-{
-    struct tm tm;
-    if (!gmtime_r(&t, &tm) || strftime(buf, DATE_LEN + 1, "%a, %d %b %Y %H:%M:%S GMT", &tm) != DATE_LEN)
-        memcpy(buf, "Thu, 01 Jan 1970 00:00:00 GMT", DATE_LEN + 1);
-}
-
 /* The header block every response shares; returns its length (0 if it did
  * not fit, which the fixed formats below never cause). */
 static size_t head_start(char *buf, size_t cap, int status, const struct http_req *rq, bool close)
 {
-    char date[DATE_LEN + 1];
+    char date[HTTP_DATE_LEN + 1];
     http_date(time(NULL), date);
     /* An HTTP/1.0 client closes unless told otherwise. */
     const char *conn_hdr = close ? "Connection: close\r\n"
@@ -556,7 +546,7 @@ static int answer(struct conn *c, const struct http_req *rq)
         return reply_text(c, rq, 404, NULL, closes);     /* directories, FIFOs, devices */
     }
     uint64_t size = (uint64_t)sb.st_size, first = 0, last = size ? size - 1 : 0;
-    char lastmod[DATE_LEN + 1];
+    char lastmod[HTTP_DATE_LEN + 1];
     http_date(sb.st_mtim.tv_sec, lastmod);
 
     /* Range applies to GET only (RFC 9110 14.2), and with If-Range only if
@@ -566,7 +556,7 @@ static int answer(struct conn *c, const struct http_req *rq)
     size_t vlen, ilen;
     const char *v = rq->method_id == HTTP_REQ_GET ? http_req_field(rq, "Range", &vlen) : NULL;
     const char *ir = v ? http_req_field(rq, "If-Range", &ilen) : NULL;
-    if (v && (!ir || (ilen == DATE_LEN && !memcmp(ir, lastmod, DATE_LEN))))
+    if (v && (!ir || (ilen == HTTP_DATE_LEN && !memcmp(ir, lastmod, HTTP_DATE_LEN))))
         range = parse_range(v, vlen, size, &first, &last);
     if (range == RANGE_UNSAT) {
         close(fd);

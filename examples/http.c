@@ -8,6 +8,7 @@
  * (method, field names: short) go through a lookup table byte by byte. */
 #include "http.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #if defined(__SSE2__)
@@ -370,6 +371,46 @@ const char *http_req_field(const struct http_req *rq, const char *name, size_t *
     }
     *len = 0;
     return NULL;
+}
+
+void http_date(time_t t, char *buf)
+{
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) ||
+        strftime(buf, HTTP_DATE_LEN + 1, "%a, %d %b %Y %H:%M:%S GMT", &tm) != HTTP_DATE_LEN)
+        memcpy(buf, "Thu, 01 Jan 1970 00:00:00 GMT", HTTP_DATE_LEN + 1);
+}
+
+int http_clock_tick(struct http_clock *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    if (ts.tv_sec == c->sec)
+        return 0;
+    c->sec = ts.tv_sec;
+    http_date(ts.tv_sec, c->date);
+    return 1;
+}
+
+size_t http_answer(char *dst, size_t cap, int status, const char *ctype, const char *body,
+                   size_t blen, const char *date, const char *extra, int head_only)
+{
+    int n = snprintf(dst, cap,
+                     "HTTP/1.1 %d %s\r\nServer: goev\r\n%s%s%sContent-Length: %zu\r\n"
+                     "Date: %s\r\n%s\r\n",
+                     status, http_status_reason(status),
+                     ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
+                     blen, date, extra);
+    if (n < 0 || (size_t)n >= cap)
+        return 0;
+    size_t len = (size_t)n;
+    if (!head_only && blen) {
+        if (len + blen > cap)
+            return 0;
+        memcpy(dst + len, body, blen);
+        len += blen;
+    }
+    return len;
 }
 
 const char *http_status_reason(int status)

@@ -67,6 +67,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 /* Largest head (leading empty lines, request-line, fields and the empty
  * line that ends them).  A head that does not end within it is a 431. */
@@ -129,6 +130,32 @@ ssize_t http_req_parse(const char *buf, size_t len, struct http_req *rq);
  * *len; NULL if rq has no such field.  rq must come from http_req_parse and
  * its buffer must still hold the request.  Linear in the size of the head. */
 const char *http_req_field(const struct http_req *rq, const char *name, size_t *len);
+
+/* ---- answers (shared by the example servers) ---------------------------- */
+
+#define HTTP_DATE_LEN 29        /* "Sun, 06 Nov 1994 08:49:37 GMT" */
+
+/* IMF-fixdate of t into buf (HTTP_DATE_LEN + 1 bytes).  A time the format
+ * cannot hold (a year past 9999) gives the epoch. */
+void http_date(time_t t, char *buf);
+
+/* A Date value for answers, re-rendered at most once a second.  The coarse
+ * clock is a vDSO read, not a system call, so ticking it per batch of
+ * requests is free.  Start with sec = -1. */
+struct http_clock {
+    time_t sec;
+    char date[HTTP_DATE_LEN + 1];
+};
+
+/* Bring c up to the current second: 1 if the date changed, else 0. */
+int http_clock_tick(struct http_clock *c);
+
+/* Write a whole answer into dst[0..cap): status line, Server: goev,
+ * Content-Type (if ctype), Content-Length: blen, Date, the lines of extra
+ * (each ending in CRLF; "" for none), the empty line, and the body unless
+ * head_only.  Returns its length, or 0 if it does not fit. */
+size_t http_answer(char *dst, size_t cap, int status, const char *ctype, const char *body,
+                   size_t blen, const char *date, const char *extra, int head_only);
 
 /* Reason phrase for a status code ("Bad Request"...), "Unknown" if none. */
 const char *http_status_reason(int status);

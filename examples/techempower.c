@@ -25,7 +25,6 @@
 
 #define LOCAL_SLOT 0
 #define FREE_KEEP 4096          /* connection structs kept per poller for reuse */
-#define DATE_LEN 29             /* "Sun, 06 Nov 1994 08:49:37 GMT" */
 #define RESP_MAX 512            /* room one response may take in the scratch */
 
 struct conn {
@@ -41,8 +40,7 @@ static const char body_json[] = "{\"message\":\"Hello, World!\"}";
 struct poller_state {
     char *out;                  /* scratch for one read's responses */
     size_t cap;
-    time_t date_sec;
-    char date[DATE_LEN + 1];
+    struct http_clock clock;
     /* The two keep-alive HTTP/1.1 answers, whole, re-rendered with the
      * Date once a second: the common case is one memcpy. */
     char plain[256], json[256];
@@ -52,42 +50,16 @@ struct poller_state {
 } __attribute__((aligned(64)));
 
 
-static size_t render(char *dst, size_t cap, int status, const char *ctype,
-                     const char *body, size_t blen, const char *date,
-                     const char *conn_hdr, int head_only)
-{
-    int n = snprintf(dst, cap,
-                     "HTTP/1.1 %d %s\r\nServer: goev\r\n%s%s%sContent-Length: %zu\r\n"
-                     "Date: %s\r\n%s\r\n",
-                     status, http_status_reason(status),
-                     ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
-                     blen, date, conn_hdr);
-    if (n < 0 || (size_t)n >= cap)
-        return 0;
-    size_t len = (size_t)n;
-    if (!head_only && blen && len + blen <= cap) {
-        memcpy(dst + len, body, blen);
-        len += blen;
-    }
-    return len;
-}
-
-/* The coarse clock is a vDSO read, no system call: checking it once per
- * read batch is free, and the Date is rendered at most once a second. */
+/* The two keep-alive answers are rendered whole once a second, with the
+ * Date. */
 static void date_refresh(struct poller_state *ps)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    if (ts.tv_sec == ps->date_sec)
+    if (!http_clock_tick(&ps->clock))
         return;
-    ps->date_sec = ts.tv_sec;
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(ps->date, sizeof ps->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    ps->plain_len = render(ps->plain, sizeof ps->plain, 200, "text/plain", body_plain,
-                           sizeof body_plain - 1, ps->date, "", 0);
-    ps->json_len = render(ps->json, sizeof ps->json, 200, "application/json", body_json,
-                          sizeof body_json - 1, ps->date, "", 0);
+    ps->plain_len = http_answer(ps->plain, sizeof ps->plain, 200, "text/plain", body_plain,
+                                sizeof body_plain - 1, ps->clock.date, "", 0);
+    ps->json_len = http_answer(ps->json, sizeof ps->json, 200, "application/json", body_json,
+                               sizeof body_json - 1, ps->clock.date, "", 0);
 }
 
 static int reserve(struct poller_state *ps, size_t need)
@@ -139,7 +111,7 @@ static size_t answer(struct poller_state *ps, size_t o, const struct http_req *r
      * says so. */
     const char *conn_hdr = !rq->keep_alive ? "Connection: close\r\n"
                          : rq->minor == 0 ? "Connection: keep-alive\r\n" : "";
-    return o + render(ps->out + o, RESP_MAX, status, ctype, body, blen, ps->date, conn_hdr,
+    return o + http_answer(ps->out + o, RESP_MAX, status, ctype, body, blen, ps->clock.date, conn_hdr,
                       rq->method_id == HTTP_REQ_HEAD);
 }
 
@@ -161,8 +133,8 @@ static ssize_t on_read(goev_handler *h, const char *data, size_t len)
             /* After a malformed request the stream cannot be trusted: answer
              * and close, dropping whatever follows. */
             const char *reason = http_status_reason((int)-n);
-            o += render(ps->out + o, RESP_MAX, (int)-n, "text/plain", reason, strlen(reason),
-                        ps->date, "Connection: close\r\n", 0);
+            o += http_answer(ps->out + o, RESP_MAX, (int)-n, "text/plain", reason, strlen(reason),
+                             ps->clock.date, "Connection: close\r\n", 0);
             close_after = 1;
             off = len;
             break;
@@ -234,7 +206,7 @@ int main(int argc, char **argv)
     }
     memset(ps, 0, sizeof *ps * (size_t)pollers);
     for (int i = 0; i < pollers; i++) {
-        ps[i].date_sec = -1;
+        ps[i].clock.sec = -1;
         date_refresh(&ps[i]);
         /* Allowed before the reactor runs, from the creating thread. */
         goev_poller_set_local(goev_reactor_poller(r, i), LOCAL_SLOT, &ps[i]);

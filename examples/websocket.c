@@ -36,6 +36,7 @@
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -521,22 +522,22 @@ static int accept_value(const char *key, size_t klen, char out[29])
 }
 
 /* A short plain-text HTTP answer.  extra holds additional header lines. */
-static int http_answer(struct conn *c, int status, const char *extra, const char *conn_hdr,
-                       int head_only)
+static int reply(struct conn *c, int status, const char *extra, const char *conn_hdr,
+                 int head_only)
 {
     const char *body = http_status_reason(status);
-    char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nServer: goev\r\n%sConnection: %s\r\n"
-                     "Content-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
-                     status, body, extra, conn_hdr, strlen(body), head_only ? "" : body);
-    return goev_write(&c->h, buf, (size_t)n);
+    char date[HTTP_DATE_LEN + 1], hdrs[256], buf[512];
+    http_date(time(NULL), date);
+    snprintf(hdrs, sizeof hdrs, "%sConnection: %s\r\n", extra, conn_hdr);
+    size_t n = http_answer(buf, sizeof buf, status, "text/plain", body, strlen(body), date, hdrs,
+                           head_only);
+    return n ? goev_write(&c->h, buf, n) : -EMSGSIZE;
 }
 
 /* Refuse a handshake: 400, then close. */
 static int bad_handshake(struct conn *c)
 {
-    int err = http_answer(c, 400, "Sec-WebSocket-Version: 13\r\n", "close", 0);
+    int err = reply(c, 400, "Sec-WebSocket-Version: 13\r\n", "close", 0);
     finish(c);
     return err;
 }
@@ -552,7 +553,7 @@ static int on_request(struct conn *c, const struct http_req *rq)
         int head = rq->method_id == HTTP_REQ_HEAD;
         const char *conn_hdr = !rq->keep_alive ? "Upgrade, close"
                              : rq->minor == 0 ? "Upgrade, keep-alive" : "Upgrade";
-        int err = http_answer(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        int err = reply(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
                               conn_hdr, head);
         if (!rq->keep_alive)
             finish(c);
@@ -589,7 +590,7 @@ static ssize_t on_http(struct conn *c, const char *data, size_t len)
             break;
         if (n < 0) {
             /* A malformed request: the stream cannot be trusted after it. */
-            int err = http_answer(c, (int)-n, "", "close", 0);
+            int err = reply(c, (int)-n, "", "close", 0);
             finish(c);
             return err < 0 ? err : (ssize_t)len;
         }

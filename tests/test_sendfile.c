@@ -264,6 +264,19 @@ Test(sendfile, interleaved_with_writes, .init = init_test, .timeout = TU_TIMEOUT
 
 /* ---- a slow reader: back-pressure, on_drained, then all of it ------------ */
 
+/* A client with a small receive buffer, so that a server's send blocks. */
+static int small_client(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 32 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    tu_set_io_timeout(fd, TU_IO_TIMEOUT_MS);
+    cr_assert_eq(tu_connect_fd(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    return fd;
+}
+
 static void script_big(struct srv *s, goev_handler *h)
 {
     goev_set_sndbuf(h, 64 * 1024);
@@ -281,13 +294,7 @@ Test(sendfile, slow_reader, .init = init_test, .timeout = TU_TIMEOUT)
     tfile_make(&f, 16u << 20);
     struct srv s = {0};
     srv_start(&s, script_big, &f, true);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 32 * 1024;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)goev_acceptor_port(s.a))};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    tu_set_io_timeout(fd, TU_IO_TIMEOUT_MS);
-    cr_assert_eq(tu_connect_fd(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    int fd = small_client(goev_acceptor_port(s.a));
     cr_assert(TU_WAIT_FOR(TU_LOAD(&s.opens) == 1, 5000));
     cr_assert_eq(s.rc[0], 0);
     cr_assert_eq(s.rc[1], 0);
@@ -339,13 +346,7 @@ Test(sendfile, file_shorter_than_range, .init = init_test, .timeout = TU_TIMEOUT
     tfile_make(&f, 8u << 20);
     struct srv s = {0};
     srv_start(&s, script_shrink, &f, true);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 32 * 1024;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)goev_acceptor_port(s.a))};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    tu_set_io_timeout(fd, TU_IO_TIMEOUT_MS);
-    cr_assert_eq(tu_connect_fd(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    int fd = small_client(goev_acceptor_port(s.a));
     cr_assert(TU_WAIT_FOR(TU_LOAD(&s.opens) == 1, 5000));
     cr_assert_eq(s.rc[1], 0);
     tu_sleep_ms(50);
