@@ -40,8 +40,6 @@ enum {
     OP_WAKE,
     OP_CANCEL_RECV, /* a pause's cancel: retried if the recv was busy */
     OP_WRITABLE,    /* POLLOUT wait of a file send the socket had no room for */
-    OP_SPLICE_IN,   /* file -> pipe, linked to */
-    OP_SPLICE_OUT,  /* pipe -> socket */
 };
 
 enum {
@@ -52,11 +50,6 @@ enum {
 };
 
 #define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
-/* File ranges of at least SPLICE_MIN go through a pipe by SPLICE, a pipe's
- * default 64 KiB at a time; smaller ones by sendfile(2).  bench/filesend_bench
- * measured the crossover on kernel 6.18 (README, "Sending files"). */
-#define SPLICE_MIN ((uint64_t)128 << 10)
-#define SPLICE_CHUNK ((uint32_t)64 << 10)
 
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
 #define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
@@ -65,7 +58,6 @@ enum {
 
 /* liburing 2.3's private flag for "ring fd registered"; see ur_poller_fini. */
 #define URING_INT_FLAG_REG_RING 1
-
 struct ur {
     struct io_uring ring;
     struct io_uring_buf_ring *br;
@@ -557,42 +549,11 @@ static void ur_poller_fini(goev_poller *p)
 
 /* ---- connections ------------------------------------------------------------ */
 
-/* A pipe for c's splices, for as long as file ranges are at the head of
- * its queue (a pipe2 and two closes per run of ranges of 128 KiB or more:
- * nothing next to the data, and no descriptors held by idle pollers). */
-static int pipe_get(struct goev__conn *c)
-{
-    int fds[2];
-    GOEV__STAT_INC(c->p, sys_other);
-    /* Non-blocking: a splice out of a pipe that came up empty must not
-     * wait for a writer (we hold the write end ourselves). */
-    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
-        return -errno;
-    c->b.ur.sp.pipe_r = fds[0];
-    c->b.ur.sp.pipe_w = fds[1];
-    c->b.ur.sp.fill = 0;
-    c->b.ur.sp.ops = 0;
-    c->b.ur.sp.blocked = 0;
-    c->b.ur.sp.err = 0;
-    c->b.ur.splicing = 1;
-    return 0;
-}
-
-static void pipe_put(struct goev__conn *c)
-{
-    c->b.ur.splicing = 0;
-    close(c->b.ur.sp.pipe_r);
-    close(c->b.ur.sp.pipe_w);
-    GOEV__STAT_ADD(c->p, sys_other, 2);
-}
-
 static void maybe_release(struct goev__conn *c)
 {
     if (c->b.ur.inflight || c->b.ur.released)
         return;
     c->b.ur.released = 1;
-    if (c->b.ur.splicing)
-        pipe_put(c);
     if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
         close(c->fd);
         GOEV__STAT_INC(c->p, sys_other);
@@ -693,63 +654,11 @@ static bool send_file(struct goev__conn *c)
     return c->out.bytes > 0;
 }
 
-/* A large file range: SPLICE file -> pipe linked to SPLICE pipe -> socket,
- * submitted with the pass's enter; or, with bytes left in the pipe from a
- * short send, pipe -> socket alone.  Both count as c's output op. */
-static void splice_file(struct goev__conn *c, struct goev__fileref *f)
-{
-    goev_poller *p = c->p;
-    struct ur *u = UR(p);
-    if (!c->b.ur.splicing) {
-        int rc = pipe_get(c);
-        if (rc < 0) {
-            goev__on_error(c, rc);
-            return;
-        }
-    }
-    uint32_t out_len = c->b.ur.sp.fill;
-    struct io_uring_sqe *in = NULL, *out;
-    if (!out_len) {
-        out_len = f->left < SPLICE_CHUNK ? (uint32_t)f->left : SPLICE_CHUNK;
-        in = get_sqe(p, u);
-        if (!in) {
-            goev__on_error(c, -EBUSY);
-            return;
-        }
-        io_uring_prep_splice(in, f->fd, (int64_t)f->off, c->b.ur.sp.pipe_w, -1, out_len, 0);
-        in->flags |= IOSQE_IO_LINK;
-        io_uring_sqe_set_data64(in, UD_CONN(OP_SPLICE_IN, c));
-        c->b.ur.sp.ops++;
-        c->b.ur.inflight++;
-    }
-    out = get_sqe(p, u);
-    if (!out) {
-        /* The linked IN (if any) runs alone and fills the pipe; the OUT
-         * is asked for again when it completes. */
-        if (in)
-            in->flags &= (uint8_t)~IOSQE_IO_LINK;
-        else
-            goev__on_error(c, -EBUSY);
-        c->b.ur.send_armed = in != NULL;
-        return;
-    }
-    io_uring_prep_splice(out, c->b.ur.sp.pipe_r, -1, c->fd, -1, out_len, 0);
-    io_uring_sqe_set_data64(out, UD_CONN(OP_SPLICE_OUT, c));
-    c->b.ur.sp.ops++;
-    c->b.ur.inflight++;
-    c->b.ur.send_armed = 1;
-}
-
 static void ur_flush(struct goev__conn *c)
 {
     if (c->b.ur.send_armed || c->b.ur.connect_armed || (c->flags & GOEV__C_CLOSING))
         return;
-    struct goev__fileref *f = goev__outq_head_file(&c->out);
-    if (f && (c->b.ur.splicing || f->left >= SPLICE_MIN)) {
-        splice_file(c, f);
-        return;
-    }
-    if (f && !send_file(c))
+    if (goev__outq_head_file(&c->out) && !send_file(c))
         return;
     size_t bytes;
     int n = goev__outq_iov(&c->out, c->out.inflight, c->b.ur.iov, 8, &bytes);
@@ -977,55 +886,6 @@ static void on_writable(struct goev__conn *c, int res)
         maybe_release(c);
 }
 
-static void on_splice(struct goev__conn *c, unsigned op, int res)
-{
-    c->b.ur.inflight--;
-    c->b.ur.sp.ops--;
-    if (op == OP_SPLICE_IN) {
-        if (res > 0)
-            c->b.ur.sp.fill += (uint32_t)res;
-        else if (!c->b.ur.sp.err)
-            c->b.ur.sp.err = res ? res : -ENODATA;  /* 0: the file ended early */
-    } else if (res > 0) {
-        c->b.ur.sp.fill -= (uint32_t)res;
-        if (!(c->flags & GOEV__C_CLOSING)) {
-            /* Short when the socket had less room: on_drained is due. */
-            goev__on_sent(c, (size_t)res, c->b.ur.sp.fill > 0);
-        }
-    } else if (res == -EAGAIN) {
-        c->b.ur.sp.blocked = 1;
-    } else if (res < 0 && res != -ECANCELED && !c->b.ur.sp.err) {
-        c->b.ur.sp.err = res;   /* ECANCELED: the linked IN came up short */
-    }
-    if (c->b.ur.sp.ops)
-        return;
-    /* The round is over. */
-    c->b.ur.send_armed = 0;
-    if (c->flags & GOEV__C_CLOSING) {
-        maybe_release(c);
-        return;
-    }
-    int err = c->b.ur.sp.err;
-    c->b.ur.sp.err = 0;
-    if (err) {
-        goev__on_error(c, err);
-        if (c->flags & GOEV__C_CLOSING)
-            maybe_release(c);
-        return;
-    }
-    if (c->b.ur.sp.blocked) {
-        c->b.ur.sp.blocked = 0;
-        goev__on_sent(c, 0, true);      /* back-pressure: on_drained later */
-        arm_writable(c);
-        return;
-    }
-    /* Kept while file ranges come first, let go when memory bytes do. */
-    if (!c->b.ur.sp.fill && !goev__outq_head_file(&c->out))
-        pipe_put(c);
-    if (c->out.bytes)
-        goev__mark_dirty(c);
-}
-
 static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
@@ -1164,10 +1024,6 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     case OP_WRITABLE:
         on_writable(c, res);
-        break;
-    case OP_SPLICE_IN:
-    case OP_SPLICE_OUT:
-        on_splice(c, op, res);
         break;
     case OP_POLL:
         on_poll(p, c, res);

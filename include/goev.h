@@ -359,8 +359,9 @@ GOEV_EXTERN int goev_write(goev_handler *h, const void *data, size_t len);
 /* Queue len bytes of the file fd, from offset, for output: ordered with
  * goev_write's bytes on the same connection (what was written before is
  * sent before, what is written after, after), and sent from the page cache
- * without passing through user-space buffers (sendfile(2) on epoll; on
- * io_uring, see the README's measurements for the method).  The library
+ * without passing through user-space buffers: sendfile(2) on both
+ * backends (on io_uring, waiting for room with a POLLOUT in the ring; the
+ * README's "Sending files" says why not SPLICE).  The library
  * takes a duplicate of fd (F_DUPFD_CLOEXEC), so the caller may close its own
  * at once; the duplicate is closed when the range has been sent or the
  * connection closes.  The range counts in goev_pending, and on_drained

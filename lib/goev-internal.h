@@ -176,7 +176,6 @@ struct goev__conn {
             uint8_t recv_armed, send_armed, poll_armed, cancel_sent, close_sent;
             uint8_t connect_armed, poll_cancel, released;
             uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
-            uint8_t splicing;       /* sp is in use: a pipe holds file bytes or ops fly */
             union {
                 struct {
                     struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
@@ -185,15 +184,6 @@ struct goev__conn {
                 /* CONNECT target: must outlive the SQE, and no send can be
                  * in flight before the connect completes. */
                 struct sockaddr_storage addr;
-                /* A file range spliced through a pipe: only while the range
-                 * is at the head of the queue, so no SEND needs iov then. */
-                struct {
-                    int pipe_r, pipe_w;
-                    uint32_t fill;          /* file bytes in the pipe, not yet sent */
-                    uint8_t ops;            /* splice SQEs in flight */
-                    uint8_t blocked;        /* the socket said EAGAIN */
-                    int err;                /* first error of this round */
-                } sp;
             };
         } ur;
     } b;
