@@ -224,11 +224,7 @@ static const char *dl_curl_path(void)
 
 static void dl_need_curl(void)
 {
-    if (dl_curl_path())
-        return;
-    if (getenv("CI"))
-        cr_assert_fail("curl not found in PATH, and CI is set: install it (scripts/deps)");
-    cr_skip_test("curl not found in PATH (scripts/deps installs it)");
+    tu_require_tool("curl");
 }
 
 /* Run curl with args (NULL-ended, after the common ones); what it writes on
@@ -452,29 +448,14 @@ static long dl_proc_rss_kb(pid_t pid)
     return kb;
 }
 
-static int dl_proc_fds(pid_t pid)
-{
-    char p[64];
-    snprintf(p, sizeof p, "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(p);
-    if (!dir)
-        return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        n += e->d_name[0] != '.';
-    closedir(dir);
-    return n;
-}
-
 /* The server's descriptor count once it stops changing (a connection just
  * closed by the client may take the server a moment). */
 static int dl_proc_fds_settled(pid_t pid)
 {
-    int a = dl_proc_fds(pid), b;
+    int a = tu_proc_fd_count(pid), b;
     for (int i = 0; i < 40; i++, a = b) {
         tu_sleep_ms(50);
-        if ((b = dl_proc_fds(pid)) == a)
+        if ((b = tu_proc_fd_count(pid)) == a)
             break;
     }
     return a;
@@ -976,8 +957,8 @@ Test(download, slow_reader_flat_rss, .init = dl_init, .fini = dl_fini, .timeout 
     cr_assert_str_eq(w, "200 1048576");
     free(w);
     dl_expect_file(&d, "after", d.mid, MID_SIZE);
-    cr_assert(TU_WAIT_FOR(dl_proc_fds(s.pid) == fds0, 5000), "server fds %d, were %d",
-              dl_proc_fds(s.pid), fds0);
+    cr_assert(TU_WAIT_FOR(tu_proc_fd_count(s.pid) == fds0, 5000), "server fds %d, were %d",
+              tu_proc_fd_count(s.pid), fds0);
     dl_srv_stop(&s);
     dl_dir_free(&d);
 }
@@ -1108,8 +1089,8 @@ Test(download, no_fd_leak_and_sigterm, .init = dl_init, .fini = dl_fini, .timeou
         cr_assert_eq(ok, 25, "round %d: %s", round, w);
         free(w);
     }
-    cr_assert(TU_WAIT_FOR(dl_proc_fds(s.pid) == fds0, 5000), "server fds %d, were %d",
-              dl_proc_fds(s.pid), fds0);
+    cr_assert(TU_WAIT_FOR(tu_proc_fd_count(s.pid) == fds0, 5000), "server fds %d, were %d",
+              tu_proc_fd_count(s.pid), fds0);
     dl_srv_stop(&s);
     dl_dir_free(&d);
 }
