@@ -195,15 +195,22 @@ static void make_pool(goev_poller *p, void *arg)
     cl->rc = goev_pool_new(&cl->pool, p, cl->addr, &cl->o);
 }
 
+/* The pool's defaults, with the lease callbacks above and the given sizes;
+ * a test changes more of cl->o before cli_start. */
+static void cli_init(struct cli *cl, int min_idle, int max_live)
+{
+    memset(cl, 0, sizeof *cl);
+    goev_pool_opts_init(&cl->o);
+    cl->o.ops = &lease_ops;
+    cl->o.min_idle = min_idle;
+    cl->o.max_live = max_live;
+}
+
 static void cli_start(struct cli *cl, int port)
 {
     cl->r = tu_reactor_new(1);
     cl->p = goev_reactor_poller(cl->r, 0);
     snprintf(cl->addr, sizeof cl->addr, "127.0.0.1:%d", port);
-    if (!cl->o.ops) {
-        goev_pool_opts_init(&cl->o);
-        cl->o.ops = &lease_ops;
-    }
     tu_reactor_start(cl->r);
     tu_run_on(cl->p, make_pool, cl);
     cr_assert_eq(cl->rc, 0, "goev_pool_new: %s", strerror(-cl->rc));
@@ -293,11 +300,8 @@ Test(pool, min_idle_kept, .init = init_test, .timeout = TU_TIMEOUT)
     int fds = tu_fd_count();
     struct esrv s = {0};
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 3;
-    cl.o.max_live = 10;
+    struct cli cl;
+    cli_init(&cl, 3, 10);
     cl.o.add_batch = 1;
     cli_start(&cl, s.port);
     cr_assert(WAIT_STATS(&cl, st_.idle == 3, 5000), "idle never reached 3");
@@ -328,11 +332,8 @@ Test(pool, max_live_under_1000_acquires, .init = init_test, .timeout = TU_TIMEOU
     int fds = tu_fd_count();
     struct esrv s = {0};
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 2;
-    cl.o.max_live = 20;
+    struct cli cl;
+    cli_init(&cl, 2, 20);
     cl.o.add_batch = 5;
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 1000);
@@ -377,11 +378,8 @@ Test(pool, waiters_in_order_and_cancel, .init = init_test, .timeout = TU_TIMEOUT
     struct esrv s = {0};
     s.mute = 1;     /* answers nothing, so job 0 holds the connection */
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 0;
-    cl.o.max_live = 1;
+    struct cli cl;
+    cli_init(&cl, 0, 1);
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 5);
     cr_assert_eq(queue(&cl, 0, 1, 0), 0);
@@ -417,11 +415,8 @@ Test(pool, acquire_timeout, .init = init_test, .timeout = TU_TIMEOUT)
     struct esrv s = {0};
     s.mute = 1;
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 0;
-    cl.o.max_live = 1;
+    struct cli cl;
+    cli_init(&cl, 0, 1);
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 2);
     cr_assert_eq(queue(&cl, 0, 1, 0), 0);
@@ -447,11 +442,8 @@ Test(pool, idle_timeout, .init = init_test, .timeout = TU_TIMEOUT)
 {
     struct esrv s = {0};
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 1;
-    cl.o.max_live = 8;
+    struct cli cl;
+    cli_init(&cl, 1, 8);
     cl.o.add_batch = 8;
     cl.o.idle_timeout_ms = 300;
     cli_start(&cl, s.port);
@@ -477,11 +469,8 @@ Test(pool, server_restart, .init = init_test, .timeout = TU_TIMEOUT)
     struct esrv s = {0};
     esrv_start(&s, 0);
     int port = s.port;
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 4;
-    cl.o.max_live = 8;
+    struct cli cl;
+    cli_init(&cl, 4, 8);
     cl.o.backoff_min_ms = 20;
     cl.o.backoff_max_ms = 100;
     cli_start(&cl, port);
@@ -509,10 +498,8 @@ Test(pool, backoff_on_refused, .init = init_test, .timeout = TU_TIMEOUT)
     int port;
     int lfd = tu_listen_tcp4(1, &port);
     close(lfd);     /* a port nobody listens on */
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 1;
+    struct cli cl;
+    cli_init(&cl, 1, 64);
     cl.o.add_batch = 1;
     cl.o.backoff_min_ms = 20;
     cl.o.backoff_max_ms = 160;
@@ -567,11 +554,8 @@ Test(pool, release_rules, .init = init_test, .timeout = TU_TIMEOUT)
     int fds = tu_fd_count();
     struct esrv s = {0};
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 2;
-    cl.o.max_live = 2;
+    struct cli cl;
+    cli_init(&cl, 2, 2);
     cli_start(&cl, s.port);
     cr_assert(WAIT_STATS(&cl, st_.idle == 2, 5000));
     struct rel rl = {.cl = &cl};
@@ -603,11 +587,8 @@ Test(pool, idle_connection_with_data_replaced, .init = init_test, .timeout = TU_
     struct esrv s = {0};
     s.chatty = 1;
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 1;
-    cl.o.max_live = 1;
+    struct cli cl;
+    cli_init(&cl, 1, 1);
     cl.o.backoff_min_ms = 10;
     cli_start(&cl, s.port);
     /* Each connection is greeted while idle, so it is closed and a new one
@@ -664,11 +645,9 @@ Test(pool, unconsumed_input_not_reused, .init = init_test, .timeout = TU_TIMEOUT
 {
     struct esrv s = {0};
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
+    struct cli cl;
+    cli_init(&cl, 1, 1);
     cl.o.ops = &half_ops;
-    cl.o.min_idle = 1;
-    cl.o.max_live = 1;
     cli_start(&cl, s.port);
     cr_assert(WAIT_STATS(&cl, st_.idle == 1, 5000));
     jobs_alloc(&cl, 1);
@@ -714,11 +693,8 @@ Test(pool, free_answers_everyone, .init = init_test, .timeout = TU_TIMEOUT)
     struct esrv s = {0};
     s.mute = 1;
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 1;
-    cl.o.max_live = 2;
+    struct cli cl;
+    cli_init(&cl, 1, 2);
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 4);
     cr_assert_eq(queue(&cl, 0, 4, 0), 0);
@@ -751,11 +727,8 @@ Test(pool, reactor_stop_then_free, .init = init_test, .timeout = TU_TIMEOUT)
     struct esrv s = {0};
     s.mute = 1;
     esrv_start(&s, 0);
-    struct cli cl = {0};
-    goev_pool_opts_init(&cl.o);
-    cl.o.ops = &lease_ops;
-    cl.o.min_idle = 1;
-    cl.o.max_live = 1;
+    struct cli cl;
+    cli_init(&cl, 1, 1);
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 3);
     cr_assert_eq(queue(&cl, 0, 3, 0), 0);
