@@ -36,14 +36,14 @@ static int ep_probe(char *why, size_t n)
 
 static int ep_poller_init(goev_poller *p)
 {
-    struct ep *e = calloc(1, sizeof *e);
+    struct ep *e = goev__calloc(1, sizeof *e);
     if (!e)
         return -ENOMEM;
     e->epfd = -1;
     p->bd = e;
     if (!p->rbuf_size)
         p->rbuf_size = 64 * 1024;
-    p->rbuf = malloc(p->rbuf_size);
+    p->rbuf = goev__malloc(p->rbuf_size);
     if (!p->rbuf)
         return -ENOMEM;
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -63,8 +63,8 @@ static void ep_poller_fini(goev_poller *p)
     struct ep *e = EP(p);
     if (e && e->epfd >= 0)
         close(e->epfd);
-    free(e);
-    free(p->rbuf);
+    goev__free(e);
+    goev__free(p->rbuf);
     p->bd = NULL;
     p->rbuf = NULL;
 }

@@ -248,7 +248,7 @@ static int ur_probe(char *why, size_t len)
     /* io_uring_get_probe_ring would hide the errno (a sandbox that allows
      * io_uring_setup but not io_uring_register answers EPERM). */
     enum { PROBE_OPS = 256 };
-    struct io_uring_probe *pr = calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
+    struct io_uring_probe *pr = goev__calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
     if (!pr) {
         rc = -ENOMEM;
         goto out;
@@ -256,7 +256,7 @@ static int ur_probe(char *why, size_t len)
     rc = io_uring_register_probe(&ring, pr, PROBE_OPS);
     if (rc < 0) {
         why_errno(why, len, "io_uring opcode probe (io_uring_register)", rc);
-        free(pr);
+        goev__free(pr);
         goto out;
     }
     static const struct {
@@ -274,7 +274,7 @@ static int ur_probe(char *why, size_t len)
             rc = -EOPNOTSUPP;
             break;
         }
-    free(pr);
+    goev__free(pr);
     if (rc == 0)
         rc = self_test(&ring, why, len);
     if (rc == 0)
@@ -418,7 +418,7 @@ static void ur_free(struct ur *u)
         munmap(u->bufs, u->bufs_bytes);
     if (u->br)
         munmap(u->br, u->br_bytes);
-    free(u);
+    goev__free(u);
 }
 
 static int ur_poller_init(goev_poller *p)
@@ -430,7 +430,7 @@ static int ur_poller_init(goev_poller *p)
         p->rbuf_size = 4096;
     if (p->rbuf_size > (1u << 31))
         return -EINVAL;
-    struct ur *u = calloc(1, sizeof *u);
+    struct ur *u = goev__calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
     u->nbufs = n;
@@ -441,7 +441,7 @@ static int ur_poller_init(goev_poller *p)
     int mode;
     int rc = ring_create(&u->ring, SQ_ENTRIES, cq, IORING_SETUP_R_DISABLED, &mode);
     if (rc < 0) {
-        free(u);
+        goev__free(u);
         return rc;
     }
     rc = bufring_register(&u->ring, n, &u->br, &u->br_bytes);

@@ -158,6 +158,25 @@ GOEV_EXTERN const char *goev_backend_reason(const goev_reactor *r);
  * Thread-local storage owned by the library. */
 GOEV_EXTERN const char *goev_last_error(void);
 
+/* Route every allocation the library makes (reactors, connection slots,
+ * buffers, queued output, cross-thread messages, timers' heap) through the
+ * given functions instead of malloc, realloc, calloc and free - for an
+ * application's own allocator, accounting, or tests that make allocations
+ * fail.  The functions must behave like their libc namesakes (realloc(NULL,
+ * n) allocates, free(NULL) does nothing) and be safe to call from every
+ * poller thread at once.  Passing four NULLs restores libc's.  Returns 0,
+ * or -EINVAL if only some are NULL.  Call before the first goev call, or
+ * while no reactor, acceptor or pool exists: memory allocated by one set
+ * must not be freed by another.  Memory goev hands to liburing and the
+ * kernel (io_uring rings and provided buffers) is mapped with mmap and does
+ * not pass through them. */
+typedef void *(*goev_malloc_fn)(size_t size);
+typedef void *(*goev_realloc_fn)(void *ptr, size_t size);
+typedef void *(*goev_calloc_fn)(size_t count, size_t size);
+typedef void (*goev_free_fn)(void *ptr);
+GOEV_EXTERN int goev_replace_allocator(goev_malloc_fn malloc_fn, goev_realloc_fn realloc_fn,
+                                       goev_calloc_fn calloc_fn, goev_free_fn free_fn);
+
 /* Number of pollers of r.  Any thread. */
 GOEV_EXTERN int goev_poller_count(const goev_reactor *r);
 

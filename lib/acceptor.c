@@ -119,7 +119,7 @@ int goev_acceptor_new(goev_acceptor **out, goev_reactor *accept_r, goev_reactor 
     if (ss.ss_family == AF_UNIX)
         o.reuseport = 0;
     int nl = o.reuseport ? accept_r->npollers : 1;
-    goev_acceptor *a = calloc(1, sizeof *a + (size_t)nl * sizeof a->l[0]);
+    goev_acceptor *a = goev__calloc(1, sizeof *a + (size_t)nl * sizeof a->l[0]);
     if (!a)
         return -ENOMEM;
     a->accept_r = accept_r;
@@ -180,7 +180,7 @@ fail:
             close(a->l[i].fd);
     if (a->unix_path[0])
         unlink(a->unix_path);
-    free(a);
+    goev__free(a);
     return rc;
 }
 
@@ -210,7 +210,7 @@ void goev_acceptor_free(goev_acceptor *a)
     }
     if (a->unix_path[0])
         unlink(a->unix_path);
-    free(a);
+    goev__free(a);
 }
 
 /* On the target poller's thread: make the handler and open the connection. */

@@ -53,7 +53,7 @@ void goev__pool_fini(struct goev__pool *pl)
         struct free_block *b = pl->free[c];
         while (b) {
             struct free_block *next = b->next;
-            free(b);
+            goev__free(b);
             b = next;
         }
         pl->free[c] = NULL;
@@ -64,7 +64,7 @@ void goev__pool_fini(struct goev__pool *pl)
 void *goev__pool_get(struct goev__pool *pl, size_t n, size_t *cap)
 {
     if (GOEV__UNLIKELY(n > POOL_MAX)) {
-        void *p = malloc(n);
+        void *p = goev__malloc(n);
         if (p)
             *cap = n;
         return p;
@@ -76,7 +76,7 @@ void *goev__pool_get(struct goev__pool *pl, size_t n, size_t *cap)
         pl->free[c] = b->next;
         pl->kept -= sz;
     } else {
-        b = malloc(sz);
+        b = goev__malloc(sz);
         if (!b)
             return NULL;
     }
@@ -92,7 +92,7 @@ void goev__pool_put(struct goev__pool *pl, void *b, size_t cap)
         return;
     if (cap > POOL_MAX || cap < POOL_MIN || (cap & (cap - 1)) ||
         pl->kept + cap > pl->budget) {
-        free(b);
+        goev__free(b);
         return;
     }
     unsigned c = size_class(cap);

@@ -32,10 +32,10 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
         slot = p->nslots;
         uint32_t ci = slot / GOEV__SLOT_CHUNK;
         if (!p->chunks[ci]) {
-            struct goev__conn *chunk = calloc(GOEV__SLOT_CHUNK, sizeof *chunk);
-            uint32_t *fs = realloc(p->free_slots, (size_t)(ci + 1) * GOEV__SLOT_CHUNK * sizeof *fs);
+            struct goev__conn *chunk = goev__calloc(GOEV__SLOT_CHUNK, sizeof *chunk);
+            uint32_t *fs = goev__realloc(p->free_slots, (size_t)(ci + 1) * GOEV__SLOT_CHUNK * sizeof *fs);
             if (!chunk || !fs) {
-                free(chunk);
+                goev__free(chunk);
                 if (fs)
                     p->free_slots = fs;
                 return NULL;
@@ -89,13 +89,13 @@ void goev__slots_fini(goev_poller *p)
         if (!chunk)
             continue;
         for (uint32_t k = 0; k < GOEV__SLOT_CHUNK; k++) {
-            free(chunk[k].in);
+            goev__free(chunk[k].in);
             goev__outq_clear(&p->pool, &chunk[k].out);
         }
-        free(chunk);
+        goev__free(chunk);
         p->chunks[i] = NULL;
     }
-    free(p->free_slots);
+    goev__free(p->free_slots);
     p->free_slots = NULL;
 }
 
@@ -176,7 +176,7 @@ static void finish(struct goev__conn *c)
     int reason = c->close_reason;
     if (c->kind == GOEV__K_STREAM && (c->flags & GOEV__C_OPEN))    /* counted in opened() */
         GOEV__STAT_ADD(c->p, conns, (uint64_t)-1);
-    free(c->in);
+    goev__free(c->in);
     c->in = NULL;
     c->in_len = 0;
     c->in_cap = 0;
@@ -300,7 +300,7 @@ static int keep_tail(struct goev__conn *c, const char *data, size_t len)
         size_t cap = c->in_cap ? c->in_cap : 1024;
         while (cap < need)
             cap *= 2;
-        char *n = realloc(c->in, cap);
+        char *n = goev__realloc(c->in, cap);
         if (!n)
             return -ENOMEM;
         c->in = n;

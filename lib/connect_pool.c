@@ -153,7 +153,7 @@ static void waiter_answer(goev_pool *pool, goev_handler *conn, int err)
 static void maybe_free(goev_pool *pool)
 {
     if (pool->freed && !pool->busy && !open_or_opening(pool) && !pool->th.conn_)
-        free(pool);
+        goev__free(pool);
 }
 
 /* ---- the service pass ----------------------------------------------------- */
@@ -204,7 +204,7 @@ static void start_connects(goev_pool *pool, unsigned n)
     co.timeout_ms = pool->o.connect_timeout_ms;
     co.bind_addr = pool->bind[0] ? pool->bind : NULL;
     while (n-- && !pool->freed) {
-        struct pconn *pc = calloc(1, sizeof *pc);
+        struct pconn *pc = goev__calloc(1, sizeof *pc);
         int rc = pc ? 0 : -ENOMEM;
         if (pc) {
             goev_handler_init(&pc->h, &pconn_ops);
@@ -212,7 +212,7 @@ static void start_connects(goev_pool *pool, unsigned n)
             rc = goev_connect_ex(pool->p, &pc->h, pool->addr, &co);
         }
         if (rc < 0) {
-            free(pc);
+            goev__free(pc);
             connect_failed(pool, rc);
             return;
         }
@@ -424,7 +424,7 @@ static void pc_on_close(goev_handler *h, int reason)
         app(pc)->on_close(h, reason);
         pool->busy--;
     }
-    free(pc);
+    goev__free(pc);
     kick(pool);
     maybe_free(pool);
 }
@@ -479,7 +479,7 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
     const char *bind = o.connect.bind_addr;
     if (bind && (goev__parse_addr(bind, &ss, &len) < 0 || strlen(bind) >= GOEV_ADDRSTRLEN))
         return -EINVAL;
-    goev_pool *pool = calloc(1, sizeof *pool);
+    goev_pool *pool = goev__calloc(1, sizeof *pool);
     if (!pool)
         return -ENOMEM;
     pool->p = p;

@@ -26,6 +26,22 @@
     __atomic_store_n(&(p)->stats.field, (p)->stats.field + (n), __ATOMIC_RELAXED)
 #define GOEV__STAT_INC(p, field) GOEV__STAT_ADD(p, field, 1)
 
+/* ---- memory --------------------------------------------------------------- */
+
+/* Every allocation of the library goes through these (alloc.c), so that
+ * goev_replace_allocator can route them elsewhere. */
+struct goev__allocator {
+    goev_malloc_fn malloc;
+    goev_realloc_fn realloc;
+    goev_calloc_fn calloc;
+    goev_free_fn free;
+};
+GOEV__HIDDEN extern struct goev__allocator goev__alloc;
+#define goev__malloc(n) (goev__alloc.malloc(n))
+#define goev__realloc(ptr, n) (goev__alloc.realloc((ptr), (n)))
+#define goev__calloc(k, n) (goev__alloc.calloc((k), (n)))
+#define goev__free(ptr) (goev__alloc.free(ptr))
+
 /* ---- buffers ------------------------------------------------------------ */
 
 /* Size-class allocator, one per poller, no locks.  Classes are powers of two

@@ -144,7 +144,7 @@ static int poller_init(goev_reactor *r, goev_poller *p, int idx)
     goev__pool_init(&p->pool, 8u << 20);
     if (goev__heap_init(&p->timers, o->timer_heap_size ? o->timer_heap_size : 1024) < 0)
         return -ENOMEM;
-    p->chunks = calloc(GOEV__MAX_SLOTS / GOEV__SLOT_CHUNK, sizeof *p->chunks);
+    p->chunks = goev__calloc(GOEV__MAX_SLOTS / GOEV__SLOT_CHUNK, sizeof *p->chunks);
     if (!p->chunks)
         return -ENOMEM;
     p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -161,7 +161,7 @@ static void poller_fini(goev_poller *p)
         return;
     p->be->poller_fini(p);
     goev__slots_fini(p);
-    free(p->chunks);
+    goev__free(p->chunks);
     goev__heap_fini(&p->timers);
     goev__pool_fini(&p->pool);
     if (p->wake_fd >= 0)
@@ -215,22 +215,22 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
     if (o.max_input > UINT32_MAX)   /* the kept tail's length is 32 bits */
         o.max_input = UINT32_MAX;
 
-    goev_reactor *r = calloc(1, sizeof *r);
+    goev_reactor *r = goev__calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
     r->opts = o;
     int rc = choose_backend(r);
     if (rc < 0) {
-        free(r);
+        goev__free(r);
         return rc;
     }
     if (getenv("GOEV_DEBUG") && strcmp(getenv("GOEV_DEBUG"), "0") != 0)
         fprintf(stderr, "goev: backend %s: %s\n", r->be->name, r->reason);
 
     r->npollers = o.pollers;
-    r->pollers = calloc((size_t)o.pollers, sizeof *r->pollers);
+    r->pollers = goev__calloc((size_t)o.pollers, sizeof *r->pollers);
     if (!r->pollers) {
-        free(r);
+        goev__free(r);
         return -ENOMEM;
     }
     struct init_run ir = {.r = r};
@@ -239,8 +239,8 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
         set_error("goev_reactor_new: setting up a %s poller: %s", r->be->name, strerror(-ir.rc));
         for (int j = 0; j <= ir.failed; j++)
             poller_fini(&r->pollers[j]);
-        free(r->pollers);
-        free(r);
+        goev__free(r->pollers);
+        goev__free(r);
         return ir.rc;
     }
     *out = r;
@@ -345,7 +345,7 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
             }
             break;
         }
-        free(m);
+        goev__free(m);
         m = next;
     }
 }
@@ -359,7 +359,7 @@ int goev_post(goev_poller *p, goev_post_fn fn, void *arg)
 {
     if (!p || !fn)
         return -EINVAL;
-    struct goev__msg *m = malloc(sizeof *m);
+    struct goev__msg *m = goev__malloc(sizeof *m);
     if (!m)
         return -ENOMEM;
     m->kind = GOEV__M_POST;
@@ -367,7 +367,7 @@ int goev_post(goev_poller *p, goev_post_fn fn, void *arg)
     m->u.post.arg = arg;
     int rc = mq_push(p, m);
     if (rc < 0)
-        free(m);
+        goev__free(m);
     return rc;
 }
 
@@ -396,7 +396,7 @@ static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void 
     struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
     if (!chunk || __atomic_load_n(&chunk[slot % GOEV__SLOT_CHUNK].gen, __ATOMIC_RELAXED) != gen)
         return -ENOTCONN;
-    struct goev__msg *m = malloc(sizeof *m + len);
+    struct goev__msg *m = goev__malloc(sizeof *m + len);
     if (!m)
         return -ENOMEM;
     m->kind = kind;
@@ -405,7 +405,7 @@ static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void 
     if (len)
         memcpy(m->data, data, len);
     if (mq_push(p, m) < 0) {
-        free(m);
+        goev__free(m);
         return -ENOTCONN;
     }
     return 0;
@@ -424,7 +424,7 @@ int goev_async_close(goev_reactor *r, goev_conn_id id)
 /* Hand an accepted fd to p's thread (acceptor.c decides when). */
 void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
 {
-    struct goev__msg *m = malloc(sizeof *m);
+    struct goev__msg *m = goev__malloc(sizeof *m);
     if (!m) {
         close(fd);
         return;
@@ -433,7 +433,7 @@ void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
     m->u.handoff.fd = fd;
     m->u.handoff.a = a;
     if (mq_push(p, m) < 0) {     /* that reactor has stopped */
-        free(m);
+        goev__free(m);
         close(fd);
     }
 }
@@ -602,7 +602,7 @@ static int start_threads(goev_reactor *r, int first)
 {
     if (r->state != 0)
         return -EALREADY;
-    r->threads = calloc((size_t)r->npollers, sizeof *r->threads);
+    r->threads = goev__calloc((size_t)r->npollers, sizeof *r->threads);
     if (!r->threads)
         return -ENOMEM;
     r->state = 1;
@@ -699,9 +699,9 @@ void goev_reactor_free(goev_reactor *r)
         on_fresh_thread(shutdown_unrun, r);
     for (int i = 0; i < r->npollers; i++)
         poller_fini(&r->pollers[i]);
-    free(r->pollers);
-    free(r->threads);
-    free(r);
+    goev__free(r->pollers);
+    goev__free(r->threads);
+    goev__free(r);
 }
 
 /* ---- statistics ---------------------------------------------------------- */

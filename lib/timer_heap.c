@@ -37,7 +37,7 @@ int goev__heap_init(struct goev__heap *hp, uint32_t cap)
     hp->cap = 0;
     if (cap == 0)
         return 0;
-    hp->a = malloc((size_t)cap * sizeof *hp->a);
+    hp->a = goev__malloc((size_t)cap * sizeof *hp->a);
     if (!hp->a)
         return -ENOMEM;
     hp->cap = cap;
@@ -49,7 +49,7 @@ void goev__heap_fini(struct goev__heap *hp)
 {
     for (uint32_t i = 0; i < hp->n; i++)
         hp->a[i]->idx_ = UINT32_MAX;
-    free(hp->a);
+    goev__free(hp->a);
     hp->a = NULL;
     hp->n = hp->cap = 0;
 }
@@ -115,7 +115,7 @@ static int grow(struct goev__heap *hp)
         ncap = hp->cap * 2;
     if (ncap <= hp->cap)
         return -ENOMEM;
-    goev_timer **na = realloc(hp->a, (size_t)ncap * sizeof *na);
+    goev_timer **na = goev__realloc(hp->a, (size_t)ncap * sizeof *na);
     if (!na)
         return -ENOMEM;
     hp->a = na;
