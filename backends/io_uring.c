@@ -818,11 +818,11 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
          * pause (kept as the tail, not yet read by the application).
          * Reporting it now would close before the tail is seen; a fresh
          * recv after the resume finds the EOF again, behind the tail. */
-        if (!(c->flags & GOEV__C_PAUSED))
+        if (!(c->flags & GOEV__C_NOREAD))
             goev__on_eof(c);
     } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EAGAIN) {
         goev__on_error(c, res);
-    } else if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_EOF | GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))) {
+    } else if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF | GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))) {
         /* Out of buffers, multishot ended (EAGAIN: as for SEND below), or
          * a resume overtook a pause's cancel: read on.  Buffers given back in this pass are published
          * before the new recv is submitted. */
@@ -1014,7 +1014,7 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
     case OP_CANCEL_RECV:
         /* EALREADY: the recv was running; it may go on, so ask again. */
         if (res == -EALREADY && c->b.ur.recv_armed && c->b.ur.cancel_sent &&
-            (c->flags & GOEV__C_PAUSED) && !(c->flags & GOEV__C_CLOSING)) {
+            (c->flags & GOEV__C_NOREAD) && !(c->flags & GOEV__C_CLOSING)) {
             c->b.ur.cancel_sent = 0;
             ur_conn_pause(c);
         }

@@ -95,6 +95,16 @@ struct goev_reactor_opts {
      * input (the unconsumed tail).  Past it the connection is closed with
      * -EMSGSIZE.  0 = 16 MiB. */
     size_t max_input;
+    /* Output watermarks of every connection (goev_set_watermarks changes
+     * them for one).  When more than out_high_water bytes of a connection's
+     * output are still queued at the end of a loop pass (a peer that sends
+     * requests and does not read the answers), goev stops reading from it;
+     * once the queue has drained to out_low_water it reads again.  Memory
+     * per connection stays bounded without any code in the application.
+     * 0 = 1 MiB and half the high mark; SIZE_MAX as the high mark turns
+     * the limit off.  The low mark must be below the high mark. */
+    size_t out_high_water;
+    size_t out_low_water;
 };
 
 /* Fill *o with the defaults (all zero).  Any thread. */
@@ -241,6 +251,7 @@ struct goev_stats {
     uint64_t conns;         /* connections currently open on this poller */
     uint64_t async_dropped; /* goev_async_write messages whose connection had gone */
     uint64_t accept_backoffs; /* times accepting paused for EMFILE/ENFILE/ENOBUFS/ENOMEM */
+    uint64_t throttles;     /* times reading stopped at the output high-water mark */
 };
 
 /* Copy poller i's counters into *out (i = -1: the sum over all pollers).
@@ -399,9 +410,22 @@ GOEV_EXTERN int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t
  * Poller thread. */
 GOEV_EXTERN size_t goev_pending(const goev_handler *h);
 
+/* Set h's output watermarks (see goev_reactor_opts.out_high_water, whose
+ * values every connection starts with): past `high` bytes queued at the end
+ * of a pass goev stops reading h, and reads again once the queue is down
+ * to `low`.  high 0 (or SIZE_MAX) turns the limit off for h.  A server that
+ * answers requests needs nothing else to stay bounded against a peer that
+ * never reads; one that produces output without input (a download, a
+ * broadcast) still paces itself with goev_pending and on_drained.
+ * Returns 0, -EINVAL (low >= high), -ENOTCONN (no stream connection).
+ * Poller thread. */
+GOEV_EXTERN int goev_set_watermarks(goev_handler *h, size_t high, size_t low);
+
 /* Stop delivering input (bytes stay in the kernel: TCP pushes back on the
  * peer), and resume it.  Resuming presents a kept tail again even if no new
- * byte came.  Return 0 or -ENOTCONN.  Poller thread. */
+ * byte came.  Pausing is independent of the output watermarks: reading is
+ * on when the application has not paused it and the output is not past the
+ * high mark.  Return 0 or -ENOTCONN.  Poller thread. */
 GOEV_EXTERN int goev_pause_read(goev_handler *h);
 GOEV_EXTERN int goev_resume_read(goev_handler *h);
 
@@ -621,6 +645,7 @@ GOEV_EXTERN int goev_signal_watch(goev_poller *p, goev_handler *h, const sigset_
 struct goev_timer {
     uint64_t when_;         /* expiry, poller milliseconds */
     uint64_t period_;       /* 0 = one-shot */
+    uint64_t seq_;          /* start order: breaks ties between equal when_ */
     uint32_t idx_;          /* position in the heap, UINT32_MAX when idle */
     goev_handler *h_;
     goev_timer *prev_, *next_;

@@ -188,6 +188,7 @@ fail:
 void goev__listener_shutdown(struct goev__listener *l)
 {
     goev_timer_cancel(&l->backoff);
+    l->retry_at = 0;
     if (!l->paused && l->fd >= 0) {
         l->p->be->listen_stop(l);
         l->paused = 1;
@@ -255,10 +256,36 @@ void goev__on_accept_error(struct goev__listener *l, int err)
 {
     if (err != -EMFILE && err != -ENFILE && err != -ENOBUFS && err != -ENOMEM)
         return;
-    GOEV__STAT_INC(l->p, accept_backoffs);
+    goev_poller *p = l->p;
+    GOEV__STAT_INC(p, accept_backoffs);
     if (!l->paused) {
-        l->p->be->listen_stop(l);
+        p->be->listen_stop(l);
         l->paused = 1;
     }
-    goev__timer_arm(l->p, &l->bh, &l->backoff, (uint64_t)l->a->o.backoff_ms);
+    uint64_t delay = (uint64_t)l->a->o.backoff_ms;
+    if (goev__timer_arm(p, &l->bh, &l->backoff, delay) == 0)
+        return;
+    /* No memory for the timer either: the loop itself wakes up for this
+     * listener when the back-off is over (goev__listeners_retry), so a
+     * starved listener is never paused for good. */
+    l->retry_at = goev__deadline(p->now_ms, delay);
+    if (l->retry_at < p->retry_at)
+        p->retry_at = l->retry_at;
+}
+
+/* Resume the listeners whose back-off timer could not be armed and whose
+ * back-off is over; called by the loop once p->retry_at has passed. */
+void goev__listeners_retry(goev_poller *p)
+{
+    p->retry_at = UINT64_MAX;
+    for (struct goev__listener *l = p->listeners; l; l = l->next) {
+        if (!l->retry_at)
+            continue;
+        if (l->retry_at <= p->now_ms) {
+            l->retry_at = 0;
+            backoff_done(&l->bh, &l->backoff);  /* may set a new retry_at */
+        }
+        if (l->retry_at && l->retry_at < p->retry_at)
+            p->retry_at = l->retry_at;
+    }
 }

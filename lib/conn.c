@@ -61,6 +61,8 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
     c->p = p;
     c->h = h;
     c->fd = -1;
+    c->out_high = p->out_high;
+    c->out_low = p->out_low;
     goev_timer_init(&c->conn_timer);
     goev_handler_init(&c->ih, NULL);
     c->ih.user = c;
@@ -198,7 +200,7 @@ void goev__run_pending(goev_poller *p)
         c->flags &= ~GOEV__C_PENDING;
         if (c->flags & GOEV__C_RELEASED)
             finish(c);
-        else if (c->in_len && !(c->flags & (GOEV__C_PAUSED | GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
+        else if (c->in_len && !(c->flags & (GOEV__C_NOREAD | GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
             deliver_tail(c);
         c = next;
     }
@@ -252,7 +254,7 @@ static void close_gracefully(struct goev__conn *c, int reason)
     if (c->kind == GOEV__K_STREAM && c->out.bytes && (c->flags & GOEV__C_OPEN)) {
         c->flags |= GOEV__C_CLOSE_WANT;
         c->close_reason = reason;
-        if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_EOF)))
+        if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF)))
             c->p->be->conn_pause(c);
         goev__mark_dirty(c);
         return;
@@ -339,13 +341,13 @@ void goev__on_data(struct goev__conn *c, const char *data, size_t len)
     GOEV__STAT_ADD(c->p, bytes_in, len);
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
         return;
-    if (c->in_len || (c->flags & GOEV__C_PAUSED)) {
+    if (c->in_len || (c->flags & GOEV__C_NOREAD)) {
         int rc = keep_tail(c, data, len);
         if (rc < 0) {
             goev__conn_close(c, rc);
             return;
         }
-        if (!(c->flags & GOEV__C_PAUSED))
+        if (!(c->flags & GOEV__C_NOREAD))
             deliver_tail(c);
         return;
     }
@@ -362,7 +364,7 @@ void goev__on_eof(struct goev__conn *c)
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_EOF))
         return;
     c->flags |= GOEV__C_EOF;
-    if (!(c->flags & GOEV__C_PAUSED))
+    if (!(c->flags & GOEV__C_NOREAD))
         c->p->be->conn_pause(c);
     if (c->flags & GOEV__C_CLOSE_WANT)
         return;
@@ -389,9 +391,28 @@ int goev_pause_read(goev_handler *h)
         return -ENOTCONN;
     if (c->flags & GOEV__C_PAUSED)
         return 0;
+    bool reading = !(c->flags & GOEV__C_THROTTLED);
     c->flags |= GOEV__C_PAUSED;
-    if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
+    if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
         c->p->be->conn_pause(c);
+    return 0;
+}
+
+/* Reading back on after a pause or a throttle, unless the other still
+ * holds it off. */
+static int reading_on(struct goev__conn *c)
+{
+    if (c->flags & GOEV__C_NOREAD)
+        return 0;
+    if (c->in_len)
+        push_pending(c);
+    if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT))) {
+        int rc = c->p->be->conn_start(c);
+        if (rc < 0) {
+            goev__conn_close(c, rc);
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -403,15 +424,47 @@ int goev_resume_read(goev_handler *h)
     if (!(c->flags & GOEV__C_PAUSED))
         return 0;
     c->flags &= ~GOEV__C_PAUSED;
-    if (c->in_len)
-        push_pending(c);
-    if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT))) {
-        int rc = c->p->be->conn_start(c);
-        if (rc < 0) {
-            goev__conn_close(c, rc);
-            return rc;
-        }
+    return reading_on(c);
+}
+
+/* ---- output watermarks ----------------------------------------------------
+ * A peer that sends requests and never reads their answers would make the
+ * output queue grow without bound.  Past the high mark (checked at the end
+ * of the pass, on what the kernel has not taken) the library stops reading
+ * the connection; once the queue drains to the low mark it reads again.
+ * This is independent of goev_pause_read: reading is on only when neither
+ * holds it off. */
+static void throttle(struct goev__conn *c)
+{
+    bool reading = !(c->flags & GOEV__C_NOREAD);
+    c->flags |= GOEV__C_THROTTLED;
+    GOEV__STAT_INC(c->p, throttles);
+    if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
+        c->p->be->conn_pause(c);
+}
+
+static inline uint32_t mark_of(size_t v)
+{
+    return v >= UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+int goev_set_watermarks(goev_handler *h, size_t high, size_t low)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind != GOEV__K_STREAM || (c->flags & GOEV__C_CLOSING))
+        return -ENOTCONN;
+    if (high == 0)
+        high = SIZE_MAX;
+    if (low >= high)
+        return -EINVAL;
+    c->out_high = mark_of(high);
+    c->out_low = mark_of(low);
+    if ((c->flags & GOEV__C_THROTTLED) && c->out.bytes <= c->out_low) {
+        c->flags &= ~GOEV__C_THROTTLED;
+        return reading_on(c);
     }
+    if (!(c->flags & GOEV__C_THROTTLED) && c->out.bytes - c->out.inflight > c->out_high)
+        throttle(c);
     return 0;
 }
 
@@ -497,6 +550,12 @@ void goev__on_sent(struct goev__conn *c, size_t n, bool blocked)
     goev__outq_consume(&c->p->pool, &c->out, n);
     if (blocked)
         c->flags |= GOEV__C_BLOCKED;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_THROTTLED) && c->out.bytes <= c->out_low &&
+        !(c->flags & GOEV__C_CLOSING)) {
+        c->flags &= ~GOEV__C_THROTTLED;
+        if (reading_on(c) < 0)
+            return;
+    }
     if (c->out.bytes || (c->flags & GOEV__C_CLOSING))
         return;
     if (c->flags & GOEV__C_CLOSE_WANT) {
@@ -523,8 +582,14 @@ void goev__flush_dirty(goev_poller *p)
         p->dirty = c->dirty_next;
         c->flags &= ~GOEV__C_DIRTY;
         if ((c->flags & (GOEV__C_OPEN | GOEV__C_CLOSING)) == GOEV__C_OPEN &&
-            c->out.bytes > c->out.inflight)
+            c->out.bytes > c->out.inflight) {
             p->be->flush(c);
+            /* What the kernel has not taken (epoll) or been given (io_uring)
+             * past the high mark: stop reading until it drains. */
+            if (GOEV__UNLIKELY(c->out.bytes - c->out.inflight > c->out_high) &&
+                !(c->flags & (GOEV__C_THROTTLED | GOEV__C_CLOSING)))
+                throttle(c);
+        }
     }
 }
 
@@ -538,7 +603,7 @@ static void opened(struct goev__conn *c)
     GOEV__STAT_INC(c->p, conns);
     if (h->ops->on_open && !verdict(c, h->ops->on_open(h)))
         return;
-    if (!(c->flags & (GOEV__C_PAUSED | GOEV__C_CLOSE_WANT))) {
+    if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_CLOSE_WANT))) {
         int rc = c->p->be->conn_start(c);
         if (rc < 0) {
             goev__conn_close(c, rc);
@@ -698,14 +763,18 @@ int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
     c->fd = fd;
     c->flags |= GOEV__C_CONNECTING;
     c->ih.ops = &connect_timer_ops;
-    rc = p->be->connect(c, (struct sockaddr *)&ss, len);
+    /* The timeout first: a connect whose timeout cannot be armed would
+     * wait forever, so it is refused instead. */
+    if (opts->timeout_ms > 0)
+        rc = goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)opts->timeout_ms);
+    if (rc == 0)
+        rc = p->be->connect(c, (struct sockaddr *)&ss, len);
     if (rc < 0) {
+        goev_timer_cancel(&c->conn_timer);
         detach(c);
         close(fd);
         return rc;
     }
-    if (opts->timeout_ms > 0)
-        goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)opts->timeout_ms);
     return 0;
 }
 
@@ -804,15 +873,21 @@ int goev_timer_cancel(goev_timer *t)
 }
 
 /* Internal timers (connect timeout, accept back-off): in the heap, but on
- * no handler's list, with a private handler whose on_timeout is ours. */
-void goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms)
+ * no handler's list, with a private handler whose on_timeout is ours.
+ * Returns 0 or -ENOMEM (the heap could not grow): the caller must not wait
+ * for a timer that will never fire. */
+int goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms)
 {
     goev_timer_cancel(t);
+    goev__clock_refresh(p);
     t->h_ = ih;
     t->period_ = 0;
-    t->when_ = p->now_ms + delay_ms;
-    if (goev__heap_push(&p->timers, t) < 0)
-        t->idx_ = UINT32_MAX;   /* out of memory: it never fires */
+    t->when_ = goev__deadline(p->now_ms, delay_ms);
+    if (goev__heap_push(&p->timers, t) < 0) {
+        t->idx_ = UINT32_MAX;
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
@@ -828,9 +903,10 @@ int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
     bool fresh = !h->conn_;
     if (fresh && !slot_alloc(p, h))
         return -ENOMEM;
+    goev__clock_refresh(p);
     t->h_ = h;
     t->period_ = period_ms;
-    t->when_ = p->now_ms + delay_ms;
+    t->when_ = goev__deadline(p->now_ms, delay_ms);
     if (goev__heap_push(&p->timers, t) < 0) {
         t->idx_ = UINT32_MAX;
         if (fresh && !h->timers_)   /* a failed call leaves h as it was */
@@ -856,12 +932,16 @@ void goev__run_timers(goev_poller *p)
         goev_handler *h = t->h_;
         goev__heap_remove(&p->timers, t);
         if (t->period_) {
-            uint64_t next = t->when_ + t->period_;
-            t->when_ = next > p->now_ms ? next : p->now_ms + t->period_;
-            if (goev__heap_push(&p->timers, t) < 0) {
-                t->idx_ = UINT32_MAX;
-                timer_unlink(t);
-            }
+            /* Next period from the deadline, not from now, so a periodic
+             * timer does not drift; but never into the past (after a long
+             * pass it skips the periods it missed), and a period too long
+             * for the clock means never again.  The push cannot fail: the
+             * timer just left the heap. */
+            uint64_t next = goev__deadline(t->when_, t->period_);
+            t->when_ = next > p->now_ms ? next : goev__deadline(p->now_ms, t->period_);
+            int rc = goev__heap_push(&p->timers, t);
+            goev__assert(rc == 0);
+            (void)rc;
         } else {
             timer_unlink(t);
         }

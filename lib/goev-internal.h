@@ -18,6 +18,14 @@
 #define GOEV__HIDDEN __attribute__((visibility("hidden")))
 #define GOEV__LIKELY(x) __builtin_expect(!!(x), 1)
 #define GOEV__UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* Internal invariants (never network input): checked unless NDEBUG. */
+#ifdef NDEBUG
+#define goev__assert(x) ((void)0)
+#else
+#define goev__assert(x) \
+    (GOEV__LIKELY(x) ? (void)0 : goev__assert_fail(#x, __FILE__, __LINE__))
+#endif
+GOEV__HIDDEN _Noreturn void goev__assert_fail(const char *what, const char *file, int line);
 #define goev__container_of(ptr, type, member) \
     ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -122,12 +130,21 @@ GOEV__HIDDEN void goev__outq_clear(struct goev__pool *pl, struct goev__outq *q);
 
 /* ---- timers -------------------------------------------------------------- */
 
-/* 4-ary min-heap of timers ordered by when_; each timer knows its index, so
- * removal is O(log n). */
+/* 4-ary min-heap of timers ordered by (when_, seq_); each timer knows its
+ * index, so removal is O(log n).  Every push takes the next seq, so timers
+ * with one deadline fire in the order they were started. */
 struct goev__heap {
     goev_timer **a;
     uint32_t n, cap;
+    uint64_t seq;
 };
+
+/* Deadlines saturate: a delay or period too large for the clock means
+ * "never" (UINT64_MAX), not a deadline in the past. */
+static inline uint64_t goev__deadline(uint64_t now, uint64_t delay)
+{
+    return delay > UINT64_MAX - now ? UINT64_MAX : now + delay;
+}
 
 GOEV__HIDDEN int goev__heap_init(struct goev__heap *hp, uint32_t cap);
 GOEV__HIDDEN void goev__heap_fini(struct goev__heap *hp);
@@ -161,7 +178,10 @@ enum {
     GOEV__C_DEAD        = 1u << 13, /* on_close called; slot free */
     GOEV__C_RELEASED    = 1u << 14, /* backend done: on_close due */
     GOEV__C_SIGNAL      = 1u << 15, /* watch of a signalfd: on_signal */
+    GOEV__C_THROTTLED   = 1u << 16, /* output past the high-water mark: not reading */
 };
+/* Reading is off: paused by the application, or throttled by the library. */
+#define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
 
 struct goev__conn {
     /* First, and never cleared: goev_async_write reads it from other
@@ -184,6 +204,7 @@ struct goev__conn {
     goev_timer conn_timer;          /* connect timeout */
     goev_handler ih;                /* internal handler of conn_timer (user = c) */
     unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
+    uint32_t out_high, out_low;     /* output watermarks (UINT32_MAX: none) */
     /* backend-private state */
     union {
         struct { uint32_t events; } ep;
@@ -226,6 +247,7 @@ struct goev__listener {
     int paused;             /* in EMFILE back-off */
     goev_handler bh;        /* handler owning the back-off timer */
     goev_timer backoff;
+    uint64_t retry_at;      /* back-off without a timer (no memory): resume then */
     union {
         struct { int registered; } ep;
         struct { uint8_t armed, cancel_sent, want; } ur;
@@ -329,9 +351,12 @@ struct goev_poller {
     size_t rbuf_size;
     unsigned rbufs;             /* io_uring: provided buffer count */
     void *local[GOEV_LOCAL_SLOTS];
+    uint32_t out_high, out_low;     /* the reactor's watermarks, for new connections */
     struct goev__listener *listeners;
+    uint64_t retry_at;          /* earliest listener retry_at, UINT64_MAX if none */
     uint32_t nlive;             /* slots in use */
     int closing;                /* poller_shutdown has begun */
+    int failed;                 /* the backend failed: the loop ended early */
     struct goev_stats stats;
 };
 
@@ -340,6 +365,7 @@ struct goev_reactor {
     goev_poller *pollers;
     int npollers;
     int stop;                   /* atomic */
+    int error;                  /* atomic: first poller failure (negative errno) */
     int state;                  /* 0 new, 1 running, 2 done */
     struct goev_reactor_opts opts;
     char reason[256];
@@ -383,8 +409,13 @@ GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);
 GOEV__HIDDEN void goev__close_all(goev_poller *p, int reason);
 GOEV__HIDDEN void goev__slots_fini(goev_poller *p);
 GOEV__HIDDEN void goev__run_timers(goev_poller *p);
-GOEV__HIDDEN void goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms);
+GOEV__HIDDEN int goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms);
+/* Before the reactor runs, the creating thread sets timers up: bring p's
+ * cached clock up to date unless p's own thread is calling (its clock is
+ * the pass's). */
+GOEV__HIDDEN void goev__clock_refresh(goev_poller *p);
 GOEV__HIDDEN void goev__listener_shutdown(struct goev__listener *l);
+GOEV__HIDDEN void goev__listeners_retry(goev_poller *p);
 
 /* Watch fd for h (goev_watch, signal watches): flags are GOEV__C_* added
  * to the connection's (KEEP_FD, SIGNAL). */
@@ -414,6 +445,10 @@ GOEV__HIDDEN int goev__sock_keepalive(int fd, int idle_s, int interval_s, int co
 
 /* Address parsing shared by acceptor and connector. */
 GOEV__HIDDEN int goev__parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Diagnostics on stderr, only when GOEV_DEBUG is set (and not "0"). */
+GOEV__HIDDEN bool goev__debugging(void);
+GOEV__HIDDEN void goev__debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Time */
 GOEV__HIDDEN uint64_t goev__now_ms(void);

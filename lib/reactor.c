@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,43 @@ const char *goev_last_error(void)
 static void set_error(const char *fmt, const char *a, const char *b)
 {
     snprintf(tls_error, sizeof tls_error, fmt, a, b);
+}
+
+void goev__assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "goev: internal error: %s (%s:%d)\n", what, file, line);
+    abort();
+}
+
+static int debug_on = -1;   /* GOEV_DEBUG set and not "0"; -1 = not read yet */
+
+bool goev__debugging(void)
+{
+    int on = __atomic_load_n(&debug_on, __ATOMIC_RELAXED);
+    if (on < 0) {
+        const char *e = getenv("GOEV_DEBUG");
+        on = e && *e && strcmp(e, "0") != 0;
+        __atomic_store_n(&debug_on, on, __ATOMIC_RELAXED);
+    }
+    return on;
+}
+
+void goev__debug(const char *fmt, ...)
+{
+    if (!goev__debugging())
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "goev: %s\n", line);
+}
+
+void goev__clock_refresh(goev_poller *p)
+{
+    if (tls_poller != p)
+        p->now_ms = goev__now_ms();
 }
 
 void goev_reactor_opts_init(struct goev_reactor_opts *o)
@@ -139,6 +177,9 @@ static int poller_init(goev_reactor *r, goev_poller *p, int idx)
     p->idx = idx;
     p->wake_fd = -1;
     p->now_ms = goev__now_ms();
+    p->retry_at = UINT64_MAX;
+    p->out_high = o->out_high_water >= UINT32_MAX ? UINT32_MAX : (uint32_t)o->out_high_water;
+    p->out_low = o->out_low_water >= UINT32_MAX ? UINT32_MAX : (uint32_t)o->out_low_water;
     pthread_mutex_init(&p->mq.mu, NULL);
     p->mq.tailp = &p->mq.head;
     goev__pool_init(&p->pool, 8u << 20);
@@ -212,24 +253,34 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
     }
     if (!o.max_input)
         o.max_input = 16u << 20;
+    if (!o.out_high_water)
+        o.out_high_water = 1u << 20;
+    if (!o.out_low_water)
+        o.out_low_water = o.out_high_water == SIZE_MAX ? 0 : o.out_high_water / 2;
+    if (o.out_low_water >= o.out_high_water) {
+        set_error("goev_reactor_new: out_low_water must be below out_high_water%s%s", "", "");
+        return -EINVAL;
+    }
     if (o.max_input > UINT32_MAX)   /* the kept tail's length is 32 bits */
         o.max_input = UINT32_MAX;
 
     goev_reactor *r = goev__calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        set_error("goev_reactor_new: out of memory for the reactor%s%s", "", "");
         return -ENOMEM;
+    }
     r->opts = o;
     int rc = choose_backend(r);
     if (rc < 0) {
         goev__free(r);
         return rc;
     }
-    if (getenv("GOEV_DEBUG") && strcmp(getenv("GOEV_DEBUG"), "0") != 0)
-        fprintf(stderr, "goev: backend %s: %s\n", r->be->name, r->reason);
+    goev__debug("backend %s: %s", r->be->name, r->reason);
 
     r->npollers = o.pollers;
     r->pollers = goev__calloc((size_t)o.pollers, sizeof *r->pollers);
     if (!r->pollers) {
+        set_error("goev_reactor_new: out of memory for %s pollers%s", "the", "");
         goev__free(r);
         return -ENOMEM;
     }
@@ -444,11 +495,14 @@ void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
 static int next_timeout(goev_poller *p)
 {
     goev_timer *t = goev__heap_top(&p->timers);
-    if (!t)
+    uint64_t when = t ? t->when_ : UINT64_MAX;
+    if (p->retry_at < when)
+        when = p->retry_at;
+    if (when == UINT64_MAX)
         return -1;
-    if (t->when_ <= p->now_ms)
+    if (when <= p->now_ms)
         return 0;
-    uint64_t d = t->when_ - p->now_ms;
+    uint64_t d = when - p->now_ms;
     return d > 3600000u ? 3600000 : (int)d;
 }
 
@@ -457,12 +511,29 @@ static bool stopping(goev_reactor *r)
     return __atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) != 0;
 }
 
+/* A poller that cannot go on (its wait failed, its thread could not start)
+ * stops the whole reactor, and goev_reactor_run / goev_reactor_wait return
+ * the first such error: half a reactor that keeps accepting connections
+ * for a dead poller would be worse. */
+static void poller_failed(goev_poller *p, int err, const char *what)
+{
+    int zero = 0;
+    p->failed = 1;
+    __atomic_compare_exchange_n(&p->r->error, &zero, err, false, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
+    goev__debug("%s %s failed on poller %d: %s; stopping the reactor", p->be->name, what,
+                p->idx, strerror(-err));
+    goev_reactor_stop(p->r);
+}
+
 static void poller_loop(goev_poller *p)
 {
     goev_reactor *r = p->r;
     while (!stopping(r)) {
         p->now_ms = goev__now_ms();
         goev__run_timers(p);
+        if (GOEV__UNLIKELY(p->retry_at <= p->now_ms))
+            goev__listeners_retry(p);
         if (mq_nonempty(p))
             mq_drain(p, false);
         goev__run_pending(p);
@@ -475,9 +546,8 @@ static void poller_loop(goev_poller *p)
         int rc = p->be->wait(p, timeout);
         __atomic_store_n(&p->sleeping, 0, __ATOMIC_RELAXED);
         GOEV__STAT_INC(p, passes);
-        if (rc < 0 && rc != -EINTR) {
-            fprintf(stderr, "goev: %s wait failed on poller %d: %s\n", p->be->name, p->idx,
-                    strerror(-rc));
+        if (GOEV__UNLIKELY(rc < 0 && rc != -EINTR)) {
+            poller_failed(p, rc, "wait");
             break;
         }
     }
@@ -508,7 +578,12 @@ static void poller_shutdown(goev_poller *p)
             goev__flush_dirty(p);
             if (!p->nlive || p->now_ms > deadline)
                 break;
-            p->be->wait(p, 10);
+            int rc = p->failed ? -EIO : p->be->wait(p, 10);
+            if (rc < 0 && rc != -EINTR) {
+                /* The backend is dead: what it still holds is dropped when
+                 * its instance is torn down (poller_fini). */
+                break;
+            }
         }
         if (closed)
             break;
@@ -587,8 +662,7 @@ static void *poller_main(void *arg)
     pin(p);
     int rc = p->be->thread_start(p);
     if (rc < 0) {
-        fprintf(stderr, "goev: poller %d could not start: %s\n", p->idx, strerror(-rc));
-        goev_reactor_stop(p->r);
+        poller_failed(p, rc, "thread start");
     } else {
         poller_loop(p);
     }
@@ -637,7 +711,7 @@ int goev_reactor_run(goev_reactor *r)
     for (int i = 1; i < r->npollers; i++)
         pthread_join(r->threads[i], NULL);
     r->state = 2;
-    return 0;
+    return __atomic_load_n(&r->error, __ATOMIC_SEQ_CST);
 }
 
 int goev_reactor_start(goev_reactor *r)
@@ -658,7 +732,7 @@ int goev_reactor_wait(goev_reactor *r)
         pthread_join(r->threads[i], NULL);
     r->started_async = 0;
     r->state = 2;
-    return 0;
+    return __atomic_load_n(&r->error, __ATOMIC_SEQ_CST);
 }
 
 int goev_reactor_stop(goev_reactor *r)

@@ -1,4 +1,4 @@
-/* timer_heap.c - 4-ary min-heap of timers, keyed by when_.
+/* timer_heap.c - 4-ary min-heap of timers, keyed by (when_, seq_).
  *
  * Why 4-ary: a pop sifts down log4(n) levels instead of log2(n), and the four
  * children of a node are adjacent pointers (one cache line for the array
@@ -13,9 +13,10 @@
  * store of the array plus one idx_ store, and the moving timer is written
  * once, at the end.
  *
- * Ties: sift-up stops at a parent with an equal key, so a timer pushed after
- * another with the same when_ never overtakes it on the way up.  Removal can
- * still reorder equal keys; callers must not rely on FIFO order among them. */
+ * Ties: no two keys are equal.  Each push stamps the timer with the heap's
+ * next sequence number, and timers with one deadline compare by it, so they
+ * come out in the order they were pushed (started), as libuv promises too.
+ * The sequence is 64 bits: it does not wrap. */
 #include "goev-internal.h"
 
 #include <errno.h>
@@ -30,11 +31,18 @@
  * reallocating one slot at a time. */
 #define HEAP_MIN_CAP 16
 
+/* Does a come out before b? */
+static inline bool before(const goev_timer *a, const goev_timer *b)
+{
+    return a->when_ < b->when_ || (a->when_ == b->when_ && a->seq_ < b->seq_);
+}
+
 int goev__heap_init(struct goev__heap *hp, uint32_t cap)
 {
     hp->a = NULL;
     hp->n = 0;
     hp->cap = 0;
+    hp->seq = 0;
     if (cap == 0)
         return 0;
     hp->a = goev__malloc((size_t)cap * sizeof *hp->a);
@@ -56,11 +64,10 @@ void goev__heap_fini(struct goev__heap *hp)
 
 static void sift_up(goev_timer **a, uint32_t i, goev_timer *t)
 {
-    const uint64_t w = t->when_;
     while (i > 0) {
         uint32_t p = PARENT(i);
         goev_timer *pt = a[p];
-        if (pt->when_ <= w)
+        if (!before(t, pt))
             break;
         a[i] = pt;
         pt->idx_ = i;
@@ -72,7 +79,6 @@ static void sift_up(goev_timer **a, uint32_t i, goev_timer *t)
 
 static void sift_down(goev_timer **a, uint32_t n, uint32_t i, goev_timer *t)
 {
-    const uint64_t w = t->when_;
     for (;;) {
         uint32_t c = FIRST_CHILD(i);
         if (c >= n)
@@ -80,22 +86,18 @@ static void sift_down(goev_timer **a, uint32_t n, uint32_t i, goev_timer *t)
         /* Pick the smallest of up to four children.  The full-fan case
          * is the common one inside a big heap: unroll it without bounds
          * checks. */
+        goev_timer *mt = a[c];
         uint32_t m = c;
-        uint64_t mw = a[c]->when_;
         if (GOEV__LIKELY(c + D <= n)) {
-            uint64_t w1 = a[c + 1]->when_, w2 = a[c + 2]->when_, w3 = a[c + 3]->when_;
-            if (w1 < mw) { m = c + 1; mw = w1; }
-            if (w2 < mw) { m = c + 2; mw = w2; }
-            if (w3 < mw) { m = c + 3; mw = w3; }
+            if (before(a[c + 1], mt)) { m = c + 1; mt = a[m]; }
+            if (before(a[c + 2], mt)) { m = c + 2; mt = a[m]; }
+            if (before(a[c + 3], mt)) { m = c + 3; mt = a[m]; }
         } else {
-            for (uint32_t k = c + 1; k < n; k++) {
-                uint64_t wk = a[k]->when_;
-                if (wk < mw) { m = k; mw = wk; }
-            }
+            for (uint32_t k = c + 1; k < n; k++)
+                if (before(a[k], mt)) { m = k; mt = a[m]; }
         }
-        if (mw >= w)
+        if (!before(mt, t))
             break;
-        goev_timer *mt = a[m];
         a[i] = mt;
         mt->idx_ = i;
         i = m;
@@ -131,6 +133,7 @@ int goev__heap_push(struct goev__heap *hp, goev_timer *t)
         if (rc < 0)
             return rc;
     }
+    t->seq_ = hp->seq++;
     sift_up(hp->a, hp->n++, t);
     return 0;
 }
@@ -150,7 +153,7 @@ void goev__heap_remove(struct goev__heap *hp, goev_timer *t)
     /* The element moved into the hole came from the bottom, so it usually
      * belongs further down; it can only need to go up when the hole was
      * in a different subtree. */
-    if (i > 0 && mv->when_ < hp->a[PARENT(i)]->when_)
+    if (i > 0 && before(mv, hp->a[PARENT(i)]))
         sift_up(hp->a, i, mv);
     else
         sift_down(hp->a, last, i, mv);
