@@ -391,3 +391,127 @@ Test(timers, wrong_poller_and_closing, .timeout = TU_TIMEOUT)
     free(y);
     tu_assert_no_failures();
 }
+
+/* Timers with one deadline fire in the order they were started (libuv's
+ * contract too); they used to come out last-started first. */
+Test(timers, same_deadline_in_start_order, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(1);
+    tu_reactor_start(r);
+    struct th *x = th_new(r);
+    x->n = 64;
+    for (int i = 0; i < x->n; i++)
+        x->delay[i] = 20;
+    tu_run_on(x->p, schedule_all, x);   /* one pass: one now_ms, one deadline */
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->nfired) >= x->n, 5000), "%d of %d fired", x->nfired, x->n);
+    tu_run_on(x->p, close_h, x);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->closes) == 1, 2000));
+    for (int k = 0; k < x->n; k++)
+        cr_assert_eq(x->order[k], k, "fire %d was timer %d: not start order", k, x->order[k]);
+    finish(r, x);
+}
+
+/* Restarting a timer puts it behind the others of its deadline, as a fresh
+ * start would. */
+static void restart_first(goev_poller *p, void *arg)
+{
+    struct th *x = arg;
+    goev_timer_start(p, &x->h, &x->t[0], x->delay[0], 0);
+}
+
+Test(timers, restarted_goes_last_among_equals, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(1);
+    /* Set up before run: all in one call, so one clock reading. */
+    struct th *x = th_new(r);
+    x->n = 8;
+    for (int i = 0; i < x->n; i++)
+        x->delay[i] = 30;
+    schedule_all(x->p, x);
+    restart_first(x->p, x);
+    tu_reactor_start(r);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->nfired) >= x->n, 5000));
+    tu_run_on(x->p, close_h, x);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->closes) == 1, 2000));
+    /* Timer 0 may have a later deadline (the clock may have ticked between
+     * the calls) or the same one: either way it fires last. */
+    cr_assert_eq(x->order[x->n - 1], 0, "restarted timer fired at position %d",
+                 x->order[0] == 0 ? 0 : -1);
+    for (int k = 0; k < x->n - 1; k++)
+        cr_assert_eq(x->order[k], k + 1);
+    finish(r, x);
+}
+
+/* A delay or period too large for the clock saturates at "never": it used
+ * to wrap, firing a UINT64_MAX delay at once and spinning on a UINT64_MAX
+ * period. */
+Test(timers, huge_delay_and_period_saturate, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(1);
+    tu_reactor_start(r);
+    struct th *x = th_new(r);
+    x->n = 4;
+    x->delay[0] = UINT64_MAX;
+    x->delay[1] = UINT64_MAX - 1;
+    x->delay[2] = UINT64_MAX / 2 + 12345;
+    x->delay[3] = 1;            /* fires once, then its period is "never" */
+    x->period = 0;
+    tu_run_on(x->p, schedule_all, x);
+    struct th *y = th_new(r);   /* periodic: a huge period after a 1 ms delay */
+    y->n = 1;
+    y->delay[0] = 1;
+    y->period = UINT64_MAX;
+    tu_run_on(y->p, schedule_all, y);
+    struct th *z = th_new(r);
+    z->n = 1;
+    z->delay[0] = 1;
+    z->period = UINT64_MAX - 5;
+    tu_run_on(z->p, schedule_all, z);
+    tu_sleep_ms(150);
+    struct goev_stats st;
+    goev_stats_get(r, 0, &st);
+    cr_assert_eq(TU_LOAD(&x->fired[0]), 0, "UINT64_MAX delay fired");
+    cr_assert_eq(TU_LOAD(&x->fired[1]), 0, "UINT64_MAX-1 delay fired");
+    cr_assert_eq(TU_LOAD(&x->fired[2]), 0, "huge delay fired");
+    cr_assert_eq(TU_LOAD(&x->fired[3]), 1);
+    cr_assert_eq(TU_LOAD(&y->fired[0]), 1, "UINT64_MAX period fired %d times in 150 ms", y->fired[0]);
+    cr_assert_eq(TU_LOAD(&z->fired[0]), 1, "huge period fired %d times in 150 ms", z->fired[0]);
+    cr_assert(st.passes < 1000, "%llu loop passes in 150 ms: the loop spins",
+              (unsigned long long)st.passes);
+    tu_run_on(y->p, close_h, y);
+    tu_run_on(z->p, close_h, z);
+    tu_run_on(x->p, close_h, x);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->closes) == 1 && TU_LOAD(&y->closes) == 1 &&
+                          TU_LOAD(&z->closes) == 1, 2000));
+    tu_reactor_stop_wait(r);
+    goev_reactor_free(r);
+    cr_assert_eq(y->closes, 1);
+    cr_assert_eq(z->closes, 1);
+    free(y);
+    free(z);
+    cr_assert_eq(x->closes, 1);
+    free(x);
+    tu_assert_no_failures();
+}
+
+/* A timer started before the reactor runs counts from when it was started,
+ * not from goev_reactor_new (the poller's clock is not ticking yet). */
+Test(timers, started_before_run_counts_from_start, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(1);
+    struct th *x = th_new(r);
+    tu_sleep_ms(150);
+    x->n = 1;
+    x->delay[0] = 200;
+    uint64_t t0 = tu_now_ms();
+    schedule_all(x->p, x);
+    tu_reactor_start(r);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->nfired) >= 1, 5000));
+    uint64_t took = tu_now_ms() - t0;
+    cr_assert(took >= 195, "a 200 ms timer started before run fired after %llu ms",
+              (unsigned long long)took);
+    cr_assert_eq(x->early, 0);
+    tu_run_on(x->p, close_h, x);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&x->closes) == 1, 2000));
+    finish(r, x);
+}
