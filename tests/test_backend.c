@@ -176,7 +176,104 @@ Test(backend, seccomp_explicit_io_uring_fails, .timeout = TU_TIMEOUT)
     cr_assert_null(r, "a failed goev_reactor_new stored a reactor");
     cr_assert(err[0] && strstr(err, "io_uring"), "unclear goev_last_error: '%s'", err);
 }
+
+/* A poller whose wait fails (here: seccomp makes epoll_wait and
+ * io_uring_enter fail with EIO on that poller's thread only) stops the
+ * whole reactor, and run / wait return its error.  It used to end its own
+ * loop silently while the others went on. */
+static void break_this_poller(goev_poller *p, void *arg)
+{
+    int *ok = arg;
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    int rc = ctx ? 0 : -ENOMEM;
+    static const int calls[] = {SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),
+                                SCMP_SYS(epoll_pwait2), SCMP_SYS(io_uring_enter)};
+    for (size_t i = 0; rc == 0 && i < sizeof calls / sizeof calls[0]; i++)
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EIO), calls[i], 0);
+    if (rc == 0)
+        rc = seccomp_load(ctx);     /* no TSYNC: this thread only */
+    seccomp_release(ctx);
+    TU_CHECK(rc == 0, "seccomp on the poller thread: %s", strerror(-rc));
+    TU_STORE(ok, rc == 0);
+}
+
+Test(backend, failed_poller_stops_reactor_start_wait, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(2);
+    int ok = 0;
+    tu_reactor_start(r);
+    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &ok), 0);
+    /* No goev_reactor_stop: the failure must stop it. */
+    uint64_t t0 = tu_now_ms();
+    int rc = goev_reactor_wait(r);
+    cr_assert(TU_LOAD(&ok), "filter not installed");
+    cr_assert_eq(rc, -EIO, "goev_reactor_wait after a poller's wait failed: %d", rc);
+    cr_assert(tu_now_ms() - t0 < 5000, "stopping took %llu ms",
+              (unsigned long long)(tu_now_ms() - t0));
+    goev_reactor_free(r);
+    tu_assert_no_failures();
+}
+
+Test(backend, failed_poller_stops_reactor_run, .timeout = TU_TIMEOUT)
+{
+    goev_reactor *r = tu_reactor_new(2);
+    int ok = 0;
+    /* Posted before run: runs on poller 1's thread at its first pass. */
+    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &ok), 0);
+    int rc = goev_reactor_run(r);
+    cr_assert(TU_LOAD(&ok), "filter not installed");
+    cr_assert_eq(rc, -EIO, "goev_reactor_run after a poller's wait failed: %d", rc);
+    goev_reactor_free(r);
+    tu_assert_no_failures();
+}
 #endif
+
+/* goev_reactor_new out of memory at every allocation it makes: -ENOMEM
+ * with a reason in goev_last_error each time, nothing leaked, and then it
+ * works. */
+static int alloc_left = -1;     /* allocations still allowed; -1 = all */
+
+static bool alloc_ok(void)
+{
+    int n = __atomic_load_n(&alloc_left, __ATOMIC_SEQ_CST);
+    while (n > 0 && !__atomic_compare_exchange_n(&alloc_left, &n, n - 1, false, __ATOMIC_SEQ_CST,
+                                                 __ATOMIC_SEQ_CST))
+        ;
+    return n != 0;
+}
+static void *lim_malloc(size_t n) { return alloc_ok() ? malloc(n) : NULL; }
+static void *lim_realloc(void *p, size_t n) { return alloc_ok() ? realloc(p, n) : NULL; }
+static void *lim_calloc(size_t k, size_t n) { return alloc_ok() ? calloc(k, n) : NULL; }
+
+Test(backend, new_out_of_memory_sets_last_error, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    cr_assert_eq(goev_replace_allocator(lim_malloc, lim_realloc, lim_calloc, free), 0);
+    cr_assert_eq(goev_replace_allocator(lim_malloc, NULL, lim_calloc, free), -EINVAL);
+    struct goev_reactor_opts o;
+    goev_reactor_opts_init(&o);
+    o.pollers = 2;
+    int n;
+    for (n = 0; n < 1000; n++) {
+        goev_reactor *r = NULL;
+        __atomic_store_n(&alloc_left, n, __ATOMIC_SEQ_CST);
+        int rc = goev_reactor_new(&r, &o);
+        __atomic_store_n(&alloc_left, -1, __ATOMIC_SEQ_CST);
+        if (rc == 0) {
+            goev_reactor_free(r);
+            break;
+        }
+        if (rc == -ENOSYS || rc == -EPERM)
+            cr_skip_test("io_uring refused here");
+        cr_assert_eq(rc, -ENOMEM, "allocation %d failing: goev_reactor_new %d", n + 1, rc);
+        cr_assert_null(r);
+        cr_assert(goev_last_error()[0], "allocation %d failing: goev_last_error empty", n + 1);
+        tu_assert_fds(fds);
+    }
+    cr_assert(n > 0 && n < 1000, "goev_reactor_new made %d allocations", n);
+    cr_assert_eq(goev_replace_allocator(NULL, NULL, NULL, NULL), 0);
+    tu_assert_fds(fds);
+}
 
 /* ---- life cycle ---------------------------------------------------------- */
 
