@@ -445,3 +445,86 @@ Test(accept, emfile_backoff, .init = init_test, .timeout = TU_TIMEOUT)
     tu_assert_no_failures();
     tu_assert_fds(fds);
 }
+
+/* EMFILE back-off when the back-off timer itself cannot be armed (the timer
+ * heap is full and cannot grow): the listener must still resume after the
+ * back-off, not stay paused for good. */
+static int idle_timeout(goev_handler *h, goev_timer *t) { return 0; }
+static const struct goev_handler_ops idle_timer_ops = {.on_timeout = idle_timeout};
+
+static void fill_heap(goev_poller *p, void *arg)
+{
+    goev_handler *h = arg;
+    goev_timer *t = h->user;
+    int rc = goev_timer_start(p, h, t, 3600 * 1000, 0);
+    TU_CHECK(rc == 0, "goev_timer_start: %d", rc);
+}
+
+Test(accept, emfile_backoff_without_timer_memory, .init = init_test, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    struct goev_reactor_opts ro;
+    goev_reactor_opts_init(&ro);
+    ro.pollers = 1;
+    ro.timer_heap_size = 1;     /* one timer fills it; the next must grow it */
+    goev_reactor *r = tu_reactor_new_opts(&ro);
+    goev_handler th;
+    goev_timer tt;
+    goev_handler_init(&th, &idle_timer_ops);
+    goev_timer_init(&tt);
+    th.user = &tt;
+    fill_heap(goev_reactor_poller(r, 0), &th);
+    struct server s;
+    server_init(&s, r);
+    struct goev_acceptor_opts o;
+    goev_acceptor_opts_init(&o);
+    o.backoff_ms = 50;
+    goev_acceptor *a;
+    cr_assert_eq(goev_acceptor_new(&a, r, r, "127.0.0.1:0", &o, srv_new, &s), 0);
+    int port = goev_acceptor_port(a);
+    enum { N = 12, SPARE = 2 };
+    int cfd[N];
+    for (int i = 0; i < N; i++) {
+        cfd[i] = tu_connect_tcp4(port);
+        cr_assert(cfd[i] >= 0, "client %d: %s", i, strerror(errno));
+    }
+    struct rlimit old, low;
+    cr_assert(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    low = old;
+    low.rlim_cur = (rlim_t)highest_fd() + 1 + SPARE;
+    cr_assert(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    tu_alloc_fail(TU_FAIL_REALLOC);     /* the heap grows with realloc */
+    tu_reactor_start(r);
+    cr_assert(TU_WAIT_FOR(({
+        struct goev_stats st_;
+        goev_stats_get(r, 0, &st_);
+        st_.accept_backoffs > 0;
+    }), 5000), "no accept back-off at EMFILE");
+    struct goev_stats st1, st2;
+    goev_stats_get(r, 0, &st1);
+    tu_sleep_ms(500);
+    goev_stats_get(r, 0, &st2);
+    cr_assert(tu_alloc_refused() > 0, "the back-off timer did not need memory");
+    cr_assert(st2.passes - st1.passes < 500, "%llu passes in 0.5 s: busy loop",
+              (unsigned long long)(st2.passes - st1.passes));
+    cr_assert(st2.accept_backoffs > st1.accept_backoffs,
+              "listener not retried within 0.5 s (backoff_ms 50) without a timer");
+    /* Room again: every queued connection gets accepted and handled. */
+    cr_assert(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    for (int i = 0; i < N; i++)
+        close(cfd[i]);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&s.closes) == N, 5000),
+              "listener stalled: %d of %d queued connections handled", s.closes, N);
+    tu_alloc_fail(0);
+    int c = tu_connect_tcp4(port);
+    cr_assert(c >= 0);
+    ping(c, 1);
+    close(c);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&s.closes) == N + 1, 5000));
+    tu_reactor_stop_wait(r);
+    goev_acceptor_free(a);
+    goev_reactor_free(r);
+    server_fini(&s);
+    tu_assert_no_failures();
+    tu_assert_fds(fds);
+}

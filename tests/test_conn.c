@@ -909,3 +909,54 @@ Test(conn, watch_callback_error_closes, .init = init_test, .timeout = TU_TIMEOUT
     tu_assert_no_failures();
     tu_assert_fds(fds);
 }
+
+/* A connect timeout that cannot be armed (timer heap full, no memory to
+ * grow it) refuses the connect with -ENOMEM at once: it used to start the
+ * connect with a timeout that would never fire. */
+static int nop_timeout(goev_handler *h, goev_timer *t) { return 0; }
+static const struct goev_handler_ops nop_timer_ops = {.on_timeout = nop_timeout};
+
+Test(conn, connect_timeout_without_memory_fails_cleanly, .init = init_test, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    int port;
+    int lfd = tu_listen_tcp4(16, &port);
+    cr_assert(lfd >= 0);
+    struct goev_reactor_opts ro;
+    goev_reactor_opts_init(&ro);
+    ro.pollers = 1;
+    ro.timer_heap_size = 1;
+    goev_reactor *r = tu_reactor_new_opts(&ro);
+    goev_poller *p = goev_reactor_poller(r, 0);
+    goev_handler th;
+    goev_timer tt;
+    goev_handler_init(&th, &nop_timer_ops);
+    goev_timer_init(&tt);
+    cr_assert_eq(goev_timer_start(p, &th, &tt, 3600 * 1000, 0), 0);  /* heap full */
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    struct cli c = {0};
+    goev_handler_init(&c.h, &cli_ops);
+    int before = tu_fd_count();
+    tu_alloc_fail(TU_FAIL_REALLOC);
+    int rc = goev_connect(p, &c.h, addr, 500);
+    tu_alloc_fail(0);
+    cr_assert_eq(rc, -ENOMEM, "goev_connect with an unarmable timeout: %d", rc);
+    cr_assert_null(goev_handler_poller(&c.h), "a refused connect left the handler attached");
+    cr_assert_eq(tu_fd_count(), before, "the refused connect leaked its socket");
+    /* With memory the same handler connects. */
+    rc = goev_connect(p, &c.h, addr, 500);
+    cr_assert_eq(rc, 0, "goev_connect: %d", rc);
+    tu_reactor_start(r);
+    int sfd = accept(lfd, NULL, NULL);
+    cr_assert(sfd >= 0);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&c.opens) == 1, 5000), "connect never completed");
+    close(sfd);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&c.closes) == 1, 5000));
+    cr_assert_eq(c.fails, 0);
+    tu_reactor_stop_wait(r);
+    goev_reactor_free(r);
+    close(lfd);
+    tu_assert_no_failures();
+    tu_assert_fds(fds);
+}

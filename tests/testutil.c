@@ -851,3 +851,34 @@ ptrdiff_t tu_stream_check(uint64_t seed, uint64_t off, const void *buf, size_t l
     }
     return -1;
 }
+
+/* ---- allocation failures -------------------------------------------------- */
+
+static unsigned alloc_mask, alloc_refused;
+
+static bool alloc_refuse(unsigned kind)
+{
+    if (!(__atomic_load_n(&alloc_mask, __ATOMIC_ACQUIRE) & kind))
+        return false;
+    __atomic_add_fetch(&alloc_refused, 1, __ATOMIC_ACQ_REL);
+    return true;
+}
+
+static void *tu_malloc(size_t n) { return alloc_refuse(TU_FAIL_MALLOC) ? NULL : malloc(n); }
+static void *tu_realloc(void *p, size_t n) { return alloc_refuse(TU_FAIL_REALLOC) ? NULL : realloc(p, n); }
+static void *tu_calloc(size_t k, size_t n) { return alloc_refuse(TU_FAIL_CALLOC) ? NULL : calloc(k, n); }
+
+void tu_alloc_fail(unsigned mask)
+{
+    static bool installed;
+    if (!installed) {
+        cr_assert_eq(goev_replace_allocator(tu_malloc, tu_realloc, tu_calloc, free), 0);
+        installed = true;
+    }
+    __atomic_store_n(&alloc_mask, mask, __ATOMIC_RELEASE);
+}
+
+unsigned tu_alloc_refused(void)
+{
+    return __atomic_load_n(&alloc_refused, __ATOMIC_ACQUIRE);
+}

@@ -169,6 +169,18 @@ bool tu_have_tool(const char *name);
  * set (a CI machine must run every check) and skip it otherwise. */
 void tu_require_tool(const char *name);
 
+/* ---- allocation failures -------------------------------------------------- */
+
+/* Make goev's allocations of the kinds in mask fail (return NULL) from now
+ * on, from every thread; 0 lets them through again.  Installs a libc-backed
+ * allocator with goev_replace_allocator on first use. */
+#define TU_FAIL_MALLOC  1u
+#define TU_FAIL_REALLOC 2u
+#define TU_FAIL_CALLOC  4u
+void tu_alloc_fail(unsigned mask);
+/* Allocations refused so far. */
+unsigned tu_alloc_refused(void);
+
 /* ---- temporary directory ------------------------------------------------ */
 
 /* mkdtemp under /tmp; the path is valid until tu_tmpdir_free. */
