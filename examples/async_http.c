@@ -49,12 +49,12 @@
  * makes them pile up in goev's output queue.  Neither may grow without
  * bound: a poller stops reading a connection while its worker has more
  * than QUEUE_HIGH jobs waiting (and looks again every RETRY_MS until it is
- * down to QUEUE_LOW), or while more than OUT_HIGH bytes are queued for the
- * connection (until goev says the queue drained). */
+ * down to QUEUE_LOW).  Answers the client does not read need no code here:
+ * past goev's output high-water mark the library itself stops reading the
+ * connection until its queue drains. */
 #define QUEUE_HIGH 8192
 #define QUEUE_LOW 1024
 #define RETRY_MS 1
-#define OUT_HIGH (4u << 20)
 
 static const char body_plain[] = "Hello, World!";
 static const char body_json[] = "{\"message\":\"Hello, World!\"}";
@@ -321,7 +321,6 @@ static void workers_stop(struct app *a)
 /* ---- connections (poller threads) ----------------------------------------- */
 
 #define PAUSE_QUEUE 0x1u        /* the worker's queue is over QUEUE_HIGH */
-#define PAUSE_OUT 0x2u          /* over OUT_HIGH bytes queued for output */
 #define PAUSE_CLOSING 0x4u      /* a job that closes is on its way: for good */
 
 struct conn {
@@ -464,8 +463,6 @@ static ssize_t on_read(goev_handler *h, const char *data, size_t len)
         if (rc < 0)
             return rc;
     }
-    if (goev_pending(h) > OUT_HIGH)
-        pause_for(c, PAUSE_OUT);
     return (ssize_t)off;
 }
 
@@ -477,12 +474,6 @@ static int on_timeout(goev_handler *h, goev_timer *t)
     if (worker_depth(c->w) > QUEUE_LOW)
         return goev_timer_start(goev_handler_poller(h), h, t, RETRY_MS, 0);
     return resume_from(c, PAUSE_QUEUE);
-}
-
-static int on_drained(goev_handler *h)
-{
-    struct conn *c = conn_of(h);
-    return (c->paused & PAUSE_OUT) ? resume_from(c, PAUSE_OUT) : 0;
 }
 
 /* The peer will send no more.  Answers to its last requests may still be
@@ -509,7 +500,6 @@ static const struct goev_handler_ops conn_ops = {
     .on_open = on_open,
     .on_read = on_read,
     .on_eof = on_eof,
-    .on_drained = on_drained,
     .on_timeout = on_timeout,
     .on_close = on_close,
 };

@@ -21,10 +21,9 @@
  * buffer: goev keeps at most an incomplete frame header for us, so a
  * message of MAX_MESSAGE bytes works within goev's 16 MiB input cap, and a
  * connection's memory is bounded by its message.  A client that sends
- * faster than it reads is pushed back on as in echo.c: past HIGH_WATER
- * bytes queued for it, reading stops until on_drained says the queue is
- * empty (goev calls it for a paused connection even when the kernel took a
- * whole message of many MiB in one go).
+ * faster than it reads is pushed back on by goev's output watermarks, as
+ * in echo.c: past the high mark reading stops until the queue drains, with
+ * no code here.
  *
  * -p 0 picks a free port; -r gives each poller its own SO_REUSEPORT
  * listener; -s prints the summed statistics on exit. */
@@ -42,7 +41,6 @@
 #include <strings.h>
 
 #define MAX_MESSAGE (16u << 20)  /* sum of a message's fragments; more is a 1009 */
-#define HIGH_WATER (4u << 20)    /* queued output past which reading pauses */
 #define LINGER_MS 5000           /* wait for the client's close after ours */
 #define KEEP_BUF (64u << 10)     /* message buffer kept between messages */
 #define MAX_CONTROL 125          /* RFC 6455 5.5: control payload limit */
@@ -88,7 +86,6 @@ struct conn {
     goev_handler h;
     goev_timer linger;      /* LINGER_MS after our close frame */
     enum state state;
-    int paused;
     int garbage;            /* a header we cannot skip: discard everything */
 
     /* the frame being received */
@@ -623,21 +620,7 @@ static ssize_t on_read(goev_handler *h, const char *data, size_t len)
     }
     if (c->state == ST_DONE)
         return (ssize_t)len;
-    if (!c->paused && goev_pending(h) > HIGH_WATER && goev_pause_read(h) == 0)
-        c->paused = 1;
     return (ssize_t)off;
-}
-
-static int resume(struct conn *c)
-{
-    c->paused = 0;
-    return goev_resume_read(&c->h);
-}
-
-static int on_drained(goev_handler *h)
-{
-    struct conn *c = conn_of(h);
-    return c->paused ? resume(c) : 0;
 }
 
 static int on_timeout(goev_handler *h, goev_timer *t)
@@ -660,7 +643,6 @@ static void on_close(goev_handler *h, int reason)
  * closes, whatever the state. */
 static const struct goev_handler_ops conn_ops = {
     .on_read = on_read,
-    .on_drained = on_drained,
     .on_timeout = on_timeout,
     .on_close = on_close,
 };

@@ -960,3 +960,135 @@ Test(conn, connect_timeout_without_memory_fails_cleanly, .init = init_test, .tim
     tu_assert_no_failures();
     tu_assert_fds(fds);
 }
+
+/* ---- output watermarks --------------------------------------------------- */
+
+/* Every byte read is answered with AMP bytes of stream 7 (a pipelining
+ * client's requests and their responses); the peer does not read at first. */
+enum { AMP = 16 };
+
+struct amp {
+    goev_handler h;
+    size_t in, out;             /* bytes consumed, bytes written */
+    size_t peak;                /* largest goev_pending at entry of on_read */
+    int closes, reason;
+    int wm_inval, wm_ok;
+};
+
+static ssize_t amp_on_read(goev_handler *h, const char *d, size_t n)
+{
+    struct amp *a = (struct amp *)h;
+    size_t pend = goev_pending(h);
+    if (pend > a->peak)
+        a->peak = pend;
+    static char buf[AMP * 65536];
+    size_t take = n > 65536 ? 65536 : n;
+    tu_stream_fill(7, a->out, buf, take * AMP);
+    int rc = goev_write(h, buf, take * AMP);
+    TU_CHECK(rc == 0, "goev_write: %d", rc);
+    a->out += take * AMP;
+    TU_ADD(&a->in, take);
+    return (ssize_t)take;
+}
+
+static void amp_on_close(goev_handler *h, int reason)
+{
+    struct amp *a = (struct amp *)h;
+    a->reason = reason;
+    TU_INC(&a->closes);
+}
+
+static const struct goev_handler_ops amp_ops = {.on_read = amp_on_read, .on_close = amp_on_close};
+
+struct amp_open {
+    struct amp *a;
+    int fd;
+    int rc;
+};
+
+static void amp_do_open(goev_poller *p, void *arg)
+{
+    struct amp_open *o = arg;
+    o->rc = goev_conn_open(p, &o->a->h, o->fd);
+    if (o->rc == 0) {
+        o->a->wm_inval = goev_set_watermarks(&o->a->h, 1000, 1000);
+        o->a->wm_ok = goev_set_watermarks(&o->a->h, 256 * 1024, 64 * 1024);
+    }
+}
+
+static void amp_do_close(goev_poller *p, void *arg)
+{
+    goev_close(arg);
+}
+
+Test(conn, output_high_water_stops_reading, .init = init_test, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    goev_reactor *r = tu_reactor_new(1);
+    tu_reactor_start(r);
+    struct amp a = {0};
+    goev_handler_init(&a.h, &amp_ops);
+    struct amp_open o = {.a = &a, .fd = sv[1]};
+    tu_run_on(goev_reactor_poller(r, 0), amp_do_open, &o);
+    cr_assert_eq(o.rc, 0);
+    cr_assert_eq(a.wm_inval, -EINVAL, "low == high accepted: %d", a.wm_inval);
+    cr_assert_eq(a.wm_ok, 0);
+    /* Send requests and read nothing, until the socket stays full. */
+    int peer = sv[0];
+    fcntl(peer, F_SETFL, O_NONBLOCK);
+    static char req[65536];
+    memset(req, 'r', sizeof req);
+    size_t sent = 0;
+    uint64_t blocked_since = 0;
+    while (sent < (8u << 20)) {
+        ssize_t n = send(peer, req, sizeof req, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t)n;
+            blocked_since = 0;
+            continue;
+        }
+        cr_assert(errno == EAGAIN, "send: %s", strerror(errno));
+        if (!blocked_since)
+            blocked_since = tu_now_ms();
+        else if (tu_now_ms() - blocked_since > 300)
+            break;
+        tu_sleep_ms(5);
+    }
+    size_t in_then = TU_LOAD(&a.in);
+    struct goev_stats st;
+    goev_stats_get(r, 0, &st);
+    cr_assert(st.throttles > 0, "reading never throttled");
+    cr_assert(sent < (4u << 20), "the server read %zu bytes of requests whose answers were "
+              "never read: not throttled", sent);
+    cr_assert(in_then < sent, "everything sent was consumed (%zu)", in_then);
+    /* The queue stays near the high mark: what one pass can produce on
+     * top of 256 KiB, not the 16x of everything sent. */
+    tu_sleep_ms(100);
+    cr_assert(TU_LOAD(&a.in) == in_then, "reading went on while throttled");
+    /* Now read: every answer arrives intact and in order, and the server
+     * resumes reading below the low mark until all requests are answered. */
+    fcntl(peer, F_SETFL, 0);
+    tu_set_io_timeout(peer, 5000);
+    size_t want = sent * AMP, got = 0;
+    static char buf[65536];
+    while (got < want) {
+        ssize_t n = read(peer, buf, sizeof buf);
+        cr_assert(n > 0, "read after %zu of %zu answer bytes: %s", got, want,
+                  n < 0 ? strerror(errno) : "EOF");
+        ptrdiff_t bad = tu_stream_check(7, got, buf, (size_t)n);
+        cr_assert(bad < 0, "answer byte %zu wrong", got + (size_t)bad);
+        got += (size_t)n;
+    }
+    cr_assert_eq(TU_LOAD(&a.in), sent);
+    cr_assert(a.peak <= (256u << 10) + AMP * (256u << 10), "queue peaked at %zu bytes", a.peak);
+    tu_run_on(goev_reactor_poller(r, 0), amp_do_close, &a.h);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&a.closes) == 1, 5000));
+    cr_assert_eq(a.reason, 0);
+    tu_reactor_stop_wait(r);
+    goev_reactor_free(r);
+    close(peer);
+    tu_assert_no_failures();
+    tu_assert_fds(fds);
+}

@@ -14,6 +14,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -418,6 +419,95 @@ static void pool_client(const struct server_cmd *cmd)
     tu_output_free(&o);
 }
 SERVER_TEST(pool_client)
+
+/* Resident memory of pid in KiB, from /proc/PID/status. */
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+/* A client that pipelines requests and never reads the answers: the server
+ * must stop reading it (the library's output high-water mark) instead of
+ * queueing answers without bound, and must answer everything once the
+ * client reads.  Before the watermarks, the techempower example grew by
+ * 121 MiB for a million such requests. */
+static void unread_pipeline(const struct server_cmd *cmd)
+{
+    struct tu_server s;
+    tu_server_start(&s, cmd->argv);
+    int fd = tu_connect_tcp4(s.port);
+    cr_assert(fd >= 0);
+    static const char req[] = "GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
+    enum { RL = sizeof req - 1, BATCH = 2048, MAX_REQS = 1000000 };
+    static char burst[RL * BATCH];
+    for (int i = 0; i < BATCH; i++)
+        memcpy(burst + (size_t)i * RL, req, RL);
+    tu_sleep_ms(100);
+    long rss0 = rss_kib(s.pid);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    size_t sent = 0;    /* bytes */
+    uint64_t blocked_since = 0;
+    while (sent < (size_t)MAX_REQS * RL) {
+        size_t off = sent % sizeof burst;
+        ssize_t n = send(fd, burst + off, sizeof burst - off, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += (size_t)n;
+            blocked_since = 0;
+            continue;
+        }
+        cr_assert(n < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+        if (!blocked_since)
+            blocked_since = tu_now_ms();
+        else if (tu_now_ms() - blocked_since > 500)
+            break;
+        tu_sleep_ms(5);
+    }
+    long rss1 = rss_kib(s.pid);
+    size_t nreq = sent / RL;
+    cr_assert(nreq < MAX_REQS, "the server read all %d unanswered requests: not throttled",
+              MAX_REQS);
+    cr_assert(rss1 - rss0 < 32 * 1024, "server grew by %ld KiB for %zu unread answers",
+              rss1 - rss0, nreq);
+    /* Read every answer (a request cut short by the last send stays
+     * unanswered). */
+    fcntl(fd, F_SETFL, 0);
+    tu_set_io_timeout(fd, 10000);
+    static char buf[65536 + 16];
+    size_t answers = 0, keep = 0;
+    while (answers < nreq) {
+        ssize_t n = read(fd, buf + keep, sizeof buf - 16 - keep);
+        cr_assert(n > 0, "%zu of %zu answers: %s", answers, nreq, n < 0 ? strerror(errno) : "EOF");
+        size_t len = keep + (size_t)n;
+        const char *q = buf, *end = buf + len;
+        const char *m;
+        while ((m = memmem(q, (size_t)(end - q), "Hello, World!", 13))) {
+            answers++;
+            q = m + 13;
+        }
+        keep = (size_t)(end - q) < 12 ? (size_t)(end - q) : 12;
+        memmove(buf, end - keep, keep);
+    }
+    cr_assert_eq(answers, nreq);
+    close(fd);
+    tu_server_stop_ok(&s);
+}
+/* techempower only: async_http answers through workers that simulate up
+ * to 300 us of work per request, too slow for 100,000+ answers here, and it
+ * bounds its queues itself. */
+Test(http_servers, unread_pipeline_techempower, .init = init_test, .fini = tu_servers_cleanup,
+     .timeout = TU_TIMEOUT)
+{
+    unread_pipeline(&techempower);
+}
 
 /* ---- life cycle ------------------------------------------------------------- */
 
