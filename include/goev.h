@@ -36,8 +36,32 @@
  *     goev_post to get onto a poller's thread.  The functions marked
  *     "any thread" are safe everywhere; goev_reactor_stop is also safe in a
  *     signal handler.
- *   - The library never raises SIGPIPE (every send uses MSG_NOSIGNAL) and
- *     never aborts the process because of the network.
+ *   - Inside callbacks: a callback runs on its poller's thread, so it may
+ *     call every "poller thread" function for handlers of that poller (and
+ *     the "any thread" ones): write to, pause, close or abort its own
+ *     handler or others of the same poller, start and cancel timers,
+ *     connect, watch, create and free pools, post.  What a callback
+ *     starts never re-enters it: goev_close's on_close, a resumed tail, a
+ *     zero-delay timer all come later in the pass or in a later one.  Not
+ *     from a callback: goev_reactor_run, goev_reactor_start,
+ *     goev_reactor_wait and goev_reactor_free (they wait for the pollers,
+ *     the caller's own among them), goev_acceptor_free (its listeners may
+ *     be on other pollers) and goev_replace_allocator.
+ *   - Handler life: a handler is in use from the call that attaches it
+ *     (an accept's new_handler, goev_connect, goev_conn_open, goev_watch,
+ *     goev_timer_start) until its on_close returns.  After on_close - and
+ *     already inside it - the library holds no reference to it: it may be
+ *     freed, or attached again (goev_connect to reconnect, a new timer) on
+ *     any poller without goev_handler_init; its timers are idle.
+ *   - Memory the library keeps a pointer to: a handler while in use (see
+ *     above), and a timer while it is active - until it fires (a one-shot
+ *     timer), is cancelled, or its handler's on_close has run.  Freeing
+ *     either earlier is a use-after-free.
+ *   - Errors: the library never raises SIGPIPE (every send uses
+ *     MSG_NOSIGNAL) and never aborts the process because of the network; a
+ *     connection that hits an error is closed with a reason.  It writes to
+ *     stderr only when the environment variable GOEV_DEBUG is set (and not
+ *     "0").
  */
 #ifndef GOEV_H
 #define GOEV_H
@@ -122,9 +146,16 @@ GOEV_EXTERN int goev_reactor_new(goev_reactor **out, const struct goev_reactor_o
 /* Run every poller: poller 0 on the calling thread, the others on threads of
  * their own.  Blocks until goev_reactor_stop, then closes every connection
  * still open (on_close with -ECANCELED, on its poller's thread), runs the
- * functions still posted, and joins the threads.  Returns 0, -EALREADY if
- * the reactor already ran, or a negative errno if a thread could not start.
- * Call once, from the creating thread. */
+ * functions still posted, and joins the threads.  If a poller fails - its
+ * wait on the kernel (epoll_wait, io_uring_enter) returns an error other
+ * than EINTR, or its thread cannot set up - the whole reactor stops as if
+ * goev_reactor_stop had been called, and that error is returned (with
+ * GOEV_DEBUG, one line on stderr says which poller and why); connections of
+ * the failed poller whose close needs the dead backend are dropped when
+ * the reactor is freed.  Returns 0 after a goev_reactor_stop, -EALREADY if
+ * the reactor already ran, the first poller's error (negative errno), or a
+ * negative errno if a thread could not start.  Call once, from the
+ * creating thread. */
 GOEV_EXTERN int goev_reactor_run(goev_reactor *r);
 
 /* Start every poller on a thread of its own and return at once; use
@@ -132,8 +163,9 @@ GOEV_EXTERN int goev_reactor_run(goev_reactor *r);
 GOEV_EXTERN int goev_reactor_start(goev_reactor *r);
 
 /* Wait for the pollers started by goev_reactor_start to finish (after
- * goev_reactor_stop).  Returns 0, or -EINVAL if the reactor was not started.
- * Not from a poller thread of r. */
+ * goev_reactor_stop, or after a poller failed: see goev_reactor_run).
+ * Returns 0, a failed poller's error (negative errno), or -EINVAL if the
+ * reactor was not started.  Not from a poller thread of r. */
 GOEV_EXTERN int goev_reactor_wait(goev_reactor *r);
 
 /* Ask every poller to stop after its current pass.  Returns 0.  Any thread,
@@ -202,7 +234,8 @@ GOEV_EXTERN int goev_poller_index(const goev_poller *p);
 GOEV_EXTERN goev_reactor *goev_poller_reactor(goev_poller *p);
 
 /* Cached monotonic time of the poller's current pass, in milliseconds.
- * Poller thread. */
+ * Before the reactor runs it is the time of the last timer start on p (or
+ * of goev_reactor_new).  Poller thread. */
 GOEV_EXTERN uint64_t goev_poller_now_ms(const goev_poller *p);
 
 /* Run fn(p, arg) on p's thread, at its next loop pass.  Functions posted to
@@ -659,8 +692,21 @@ GOEV_EXTERN void goev_timer_init(goev_timer *t);
  * period_ms if period_ms > 0.  h is attached to p if it was not attached
  * yet (a handler with only timers is closed with goev_close like any other).
  * Restarting a scheduled timer reschedules it.  A handler may own any number
- * of timers; closing the handler cancels them.  O(log n).  Returns 0,
- * -EINVAL (h owned by another poller, h closing), -ENOMEM.  Poller thread. */
+ * of timers; closing the handler cancels them.  O(log n).
+ *
+ * Time: delays count from the poller's clock of the current pass; before
+ * the reactor runs (setup on the creating thread) the clock is read at
+ * this call, so a timer set up before goev_reactor_run counts from when it
+ * was started.  Timers whose deadlines are equal fire in the order they
+ * were started (restarting counts as starting).  A periodic timer's next
+ * deadline is the last one plus period_ms (no drift), or later if the loop
+ * fell behind by more than a period (missed periods are skipped, not
+ * fired in a burst).  A delay or period too large for the clock (up to
+ * UINT64_MAX) saturates: the timer never fires (again), it does not wrap.
+ *
+ * t must stay valid while active (see CONVENTIONS).  Returns 0, -EINVAL
+ * (h owned by another poller, h closing, no on_timeout), -ENOMEM.  Poller
+ * thread (or, before the reactor runs, the creating thread). */
 GOEV_EXTERN int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
                                  uint64_t delay_ms, uint64_t period_ms);
 
