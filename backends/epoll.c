@@ -27,13 +27,6 @@ struct ep {
 
 static inline struct ep *EP(goev_poller *p) { return p->bd; }
 
-static int ep_probe(char *why, size_t n)
-{
-    why[0] = 0;
-    (void)n;
-    return 0;
-}
-
 static int ep_poller_init(goev_poller *p)
 {
     struct ep *e = goev__calloc(1, sizeof *e);
@@ -54,9 +47,6 @@ static int ep_poller_init(goev_poller *p)
         return -errno;
     return 0;
 }
-
-static int ep_thread_start(goev_poller *p) { (void)p; return 0; }
-static void ep_thread_stop(goev_poller *p) { (void)p; }
 
 static void ep_poller_fini(goev_poller *p)
 {
@@ -170,10 +160,6 @@ static void ep_conn_close(struct goev__conn *c)
             GOEV__STAT_INC(p, sys_ctl);
         }
     }
-    if (!(c->flags & GOEV__C_KEEP_FD) && c->fd >= 0) {
-        close(c->fd);
-        GOEV__STAT_INC(p, sys_other);
-    }
     c->b.ep.events = 0;
     goev__on_released(c);
 }
@@ -211,13 +197,6 @@ static int ep_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t
     /* Even an immediate success is reported from the loop, never from
      * inside goev_connect. */
     return set_events(c, EPOLLOUT);
-}
-
-static void ep_wake(goev_poller *p)
-{
-    uint64_t one = 1;
-    ssize_t rc = write(p->wake_fd, &one, sizeof one);
-    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
 }
 
 static void on_listener(struct goev__listener *l)
@@ -319,10 +298,7 @@ static int ep_wait(goev_poller *p, int timeout_ms)
 
 const struct goev__backend goev__epoll_backend = {
     .name = "epoll",
-    .probe = ep_probe,
     .poller_init = ep_poller_init,
-    .thread_start = ep_thread_start,
-    .thread_stop = ep_thread_stop,
     .poller_fini = ep_poller_fini,
     .conn_start = ep_conn_start,
     .conn_pause = ep_conn_pause,
@@ -332,6 +308,5 @@ const struct goev__backend goev__epoll_backend = {
     .listen_start = ep_listen_start,
     .listen_stop = ep_listen_stop,
     .connect = ep_connect,
-    .wake = ep_wake,
     .wait = ep_wait,
 };

@@ -554,10 +554,6 @@ static void maybe_release(struct goev__conn *c)
     if (c->b.ur.inflight || c->b.ur.released)
         return;
     c->b.ur.released = 1;
-    if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
-        close(c->fd);
-        GOEV__STAT_INC(c->p, sys_other);
-    }
     goev__on_released(c);
 }
 
@@ -783,15 +779,6 @@ static void ur_listen_stop(struct goev__listener *l)
     }
     cancel_ud(p, u, UD_LISTENER(l));
     l->b.ur.cancel_sent = 1;
-}
-
-/* ---- wake-up ------------------------------------------------------------------ */
-
-static void ur_wake(goev_poller *p)
-{
-    uint64_t one = 1;
-    ssize_t rc = write(p->wake_fd, &one, sizeof one);
-    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
 }
 
 /* ---- completions ----------------------------------------------------------------- */
@@ -1084,6 +1071,5 @@ const struct goev__backend goev__uring_backend = {
     .listen_start = ur_listen_start,
     .listen_stop = ur_listen_stop,
     .connect = ur_connect,
-    .wake = ur_wake,
     .wait = ur_wait,
 };

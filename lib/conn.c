@@ -206,6 +206,11 @@ void goev__run_pending(goev_poller *p)
 
 void goev__on_released(struct goev__conn *c)
 {
+    if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
+        close(c->fd);
+        GOEV__STAT_INC(c->p, sys_other);
+    }
+    c->fd = -1;
     c->flags |= GOEV__C_RELEASED;
     push_pending(c);
 }

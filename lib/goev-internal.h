@@ -259,14 +259,18 @@ struct goev__mq {
 
 struct goev__backend {
     const char *name;
-    /* Can this backend run here?  0, or a negative errno with a reason
-     * written to why.  Called once per reactor, on the creating thread. */
+    /* Hooks marked "optional" may be NULL; the core checks.
+     *
+     * Optional.  Can this backend run here?  0, or a negative errno with a
+     * reason written to why.  Called once per reactor, on a fresh thread. */
     int (*probe)(char *why, size_t whylen);
     /* Set up / tear down one poller's instance.  init runs on the creating
-     * thread; thread_start on the poller's own thread before its loop. */
+     * thread; thread_start (optional) on the poller's own thread before its
+     * loop. */
     int (*poller_init)(goev_poller *p);
     int (*thread_start)(goev_poller *p);
-    /* On the poller thread, at stop, after every connection was released:
+    /* Optional.  On the poller thread, at stop, after every connection was
+     * released:
      * end the backend's own ops (wake-up read, accepts) and wait for their
      * completions, so that no kernel op outlives the poller's memory. */
     void (*thread_stop)(goev_poller *p);
@@ -277,8 +281,8 @@ struct goev__backend {
     void (*conn_pause)(struct goev__conn *c);
     /* Push c's output queue to the kernel (end of pass, c is dirty). */
     void (*flush)(struct goev__conn *c);
-    /* Begin tearing c down: stop every op; when none is left, close the fd
-     * (unless KEEP_FD) and call goev__on_released(c). */
+    /* Begin tearing c down: stop every op; when none is left, call
+     * goev__on_released(c), which closes the fd (unless KEEP_FD). */
     void (*conn_close)(struct goev__conn *c);
     /* Raw watch: set the wanted events (0 = none). */
     int (*watch)(struct goev__conn *c, unsigned events);
@@ -288,8 +292,6 @@ struct goev__backend {
     /* Start a non-blocking connect of c->fd (already a non-blocking socket)
      * to sa; the outcome comes as goev__on_connected. */
     int (*connect)(struct goev__conn *c, const struct sockaddr *sa, socklen_t len);
-    /* Wake p from another thread (async-signal-safe). */
-    void (*wake)(goev_poller *p);
     /* Wait for events up to timeout_ms (-1 = forever, 0 = poll) and
      * dispatch them through goev__on_*.  Submits pending work in the same
      * call where the backend allows it.  Returns 0 or a negative errno. */
@@ -363,13 +365,15 @@ GOEV__HIDDEN void goev__on_sent(struct goev__conn *c, size_t n, bool blocked);
 GOEV__HIDDEN void goev__on_connected(struct goev__conn *c, int err);
 /* Raw watch ready. */
 GOEV__HIDDEN void goev__on_ready(struct goev__conn *c, unsigned events);
-/* The backend is done with c (no op in flight, fd closed). */
+/* The backend is done with c (no op in flight): the core closes the fd
+ * (unless KEEP_FD) and calls on_close at the end of the pass. */
 GOEV__HIDDEN void goev__on_released(struct goev__conn *c);
 /* Listener l accepted fd (>= 0), or failed with err (< 0). */
 GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
 GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
-/* (A wake-up needs no entry point: the backend resets the eventfd, the wait
- * ends, and the loop drains the cross-thread queue on every pass.) */
+/* (A wake-up needs no entry point: the core writes p->wake_fd, the backend
+ * watches it and resets it, the wait ends, and the loop drains the
+ * cross-thread queue on every pass.) */
 
 /* Hand an accepted fd to poller p's thread (acceptor.c decides when). */
 GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);

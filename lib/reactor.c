@@ -72,7 +72,7 @@ struct probe_run {
 static void *probe_main(void *arg)
 {
     struct probe_run *pr = arg;
-    pr->rc = pr->be->probe(pr->why, pr->len);
+    pr->rc = pr->be->probe ? pr->be->probe(pr->why, pr->len) : 0;
     return NULL;
 }
 
@@ -283,6 +283,15 @@ static bool mq_nonempty(goev_poller *p)
  * publishes `sleeping` before its last look at the queue (both seq_cst).
  * Once the poller's stop is over nobody would ever take m: -ESHUTDOWN, and
  * m stays the caller's. */
+/* Wake p from another thread (async-signal-safe): the backend keeps a read
+ * of p->wake_fd armed, which ends its wait. */
+static void poller_wake(goev_poller *p)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(p->wake_fd, &one, sizeof one);
+    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
+}
+
 static int mq_push(goev_poller *p, struct goev__msg *m)
 {
     m->next = NULL;
@@ -299,7 +308,7 @@ static int mq_push(goev_poller *p, struct goev__msg *m)
     p->mq.tailp = &m->next;
     pthread_mutex_unlock(&p->mq.mu);
     if (was_empty && __atomic_load_n(&p->sleeping, __ATOMIC_SEQ_CST))
-        p->be->wake(p);
+        poller_wake(p);
     return 0;
 }
 
@@ -524,7 +533,8 @@ static void poller_shutdown(goev_poller *p)
         mq_run(p, m, true);
     }
     goev__run_pending(p);
-    p->be->thread_stop(p);
+    if (p->be->thread_stop)
+        p->be->thread_stop(p);
     /* thread_stop reaps the last completions: what they released still gets
      * its on_close. */
     goev__run_pending(p);
@@ -585,7 +595,7 @@ static void *poller_main(void *arg)
     sigpipe_block(&guard);
     tls_poller = p;
     pin(p);
-    int rc = p->be->thread_start(p);
+    int rc = p->be->thread_start ? p->be->thread_start(p) : 0;
     if (rc < 0) {
         fprintf(stderr, "goev: poller %d could not start: %s\n", p->idx, strerror(-rc));
         goev_reactor_stop(p->r);
@@ -667,7 +677,7 @@ int goev_reactor_stop(goev_reactor *r)
         return -EINVAL;
     __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < r->npollers; i++)
-        r->be->wake(&r->pollers[i]);
+        poller_wake(&r->pollers[i]);
     return 0;
 }
 
@@ -683,7 +693,7 @@ static void *shutdown_unrun(void *arg)
     for (int i = 0; i < r->npollers; i++) {
         goev_poller *p = &r->pollers[i];
         tls_poller = p;
-        if (p->be->thread_start(p) == 0)
+        if (!p->be->thread_start || p->be->thread_start(p) == 0)
             poller_shutdown(p);
     }
     tls_poller = saved;
