@@ -13,9 +13,9 @@
  *   loop:    one io_uring_enter per pass submits and waits; CQEs are drained
  *            in one batch and the buffers returned are published once
  *
- * user_data = op:8 | slot:24 | gen:32 for connections, so that a CQE for a
- * connection that is gone (its slot reused) is recognised and dropped.
- * Listeners are not slots: their pointer (>> 3) fills the low 56 bits. */
+ * user_data = op | slot | generation for connections (see ud_make), so
+ * that a CQE for a connection that is gone (its slot reused) is recognised
+ * and dropped.  Listeners are not slots: their pointer (>> 3) is the key. */
 #include "goev-internal.h"
 
 #include <errno.h>
@@ -51,10 +51,35 @@ enum {
 
 #define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
 
-#define UD_OP(ud) ((unsigned)((ud) >> 56))
-#define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
-#define UD_LISTENER(l) (((uint64_t)OP_ACCEPT << 56) | ((uint64_t)(uintptr_t)(l) >> 3))
-#define UD_WAKE ((uint64_t)OP_WAKE << 56)
+/* user_data = op | key, encoded and decoded only here.  A connection's key
+ * is the slot and generation part of its conn id (goev__mkid), a
+ * listener's its address >> 3 (8-aligned; user-space addresses fit). */
+#define UD_OP_BITS 8
+#define UD_KEY_BITS (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS)
+#define UD_KEY_MASK ((UINT64_C(1) << UD_KEY_BITS) - 1)
+_Static_assert(UD_OP_BITS + UD_KEY_BITS <= 64, "user_data holds op and key");
+
+static inline uint64_t ud_make(unsigned op, uint64_t key)
+{
+    return ((uint64_t)op << UD_KEY_BITS) | (key & UD_KEY_MASK);
+}
+static inline uint64_t ud_conn(unsigned op, const struct goev__conn *c)
+{
+    return ud_make(op, goev__mkid(0, c->slot, c->gen));
+}
+static inline uint64_t ud_listener(const struct goev__listener *l)
+{
+    return ud_make(OP_ACCEPT, (uint64_t)(uintptr_t)l >> 3);
+}
+static inline unsigned ud_op(uint64_t ud) { return (unsigned)(ud >> UD_KEY_BITS); }
+static inline uint64_t ud_key(uint64_t ud) { return ud & UD_KEY_MASK; }
+static inline uint32_t ud_slot(uint64_t ud) { return goev__id_slot(ud_key(ud)); }
+static inline uint32_t ud_gen(uint64_t ud) { return goev__id_gen(ud_key(ud)); }
+static inline struct goev__listener *ud_to_listener(uint64_t ud)
+{
+    return (struct goev__listener *)(uintptr_t)(ud_key(ud) << 3);
+}
+#define UD_WAKE ud_make(OP_WAKE, 0)
 
 /* liburing 2.3's private flag for "ring fd registered"; see ur_poller_fini. */
 #define URING_INT_FLAG_REG_RING 1
@@ -334,8 +359,8 @@ static unsigned nop_out(struct ur *u, uint64_t ud, bool any_conn_op)
         uint64_t x = s->user_data;
         bool hit;
         if (any_conn_op)
-            hit = (x & 0x00ffffffffffffffull) == (ud & 0x00ffffffffffffffull) &&
-                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) >= OP_CANCEL_RECV);
+            hit = ud_key(x) == ud_key(ud) &&
+                  ((ud_op(x) >= OP_RECV && ud_op(x) <= OP_CONNECT) || ud_op(x) >= OP_CANCEL_RECV);
         else
             hit = x == ud;
         if (hit && s->opcode != IORING_OP_NOP) {
@@ -366,7 +391,7 @@ static int arm_recv(struct goev__conn *c)
     io_uring_prep_recv_multishot(s, c->fd, NULL, 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BGID;
-    io_uring_sqe_set_data64(s, UD_CONN(OP_RECV, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_RECV, c));
     c->b.ur.recv_armed = 1;
     c->b.ur.inflight++;
     return 0;
@@ -381,7 +406,7 @@ static int arm_poll(struct goev__conn *c)
     unsigned want = c->b.ur.poll_want;
     unsigned mask = ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0);
     io_uring_prep_poll_add(s, c->fd, mask);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_POLL, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_POLL, c));
     c->b.ur.poll_armed = 1;
     c->b.ur.poll_mask = (uint8_t)want;
     c->b.ur.inflight++;
@@ -394,7 +419,7 @@ static int arm_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
     if (!s)
         return -EBUSY;
     io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(s, UD_LISTENER(l));
+    io_uring_sqe_set_data64(s, ud_listener(l));
     l->b.ur.armed = 1;
     return 0;
 }
@@ -573,7 +598,7 @@ static void ur_conn_pause(struct goev__conn *c)
     goev_poller *p = c->p;
     struct ur *u = UR(p);
     if (!u->started) {
-        if (nop_out(u, UD_CONN(OP_RECV, c), false)) {
+        if (nop_out(u, ud_conn(OP_RECV, c), false)) {
             c->b.ur.recv_armed = 0;
             c->b.ur.inflight--;
         }
@@ -582,8 +607,8 @@ static void ur_conn_pause(struct goev__conn *c)
     struct io_uring_sqe *s = get_sqe(p, u);
     if (!s)
         return;     /* recv stays armed; the data is kept as the tail */
-    io_uring_prep_cancel64(s, UD_CONN(OP_RECV, c), 0);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_CANCEL_RECV, c));
+    io_uring_prep_cancel64(s, ud_conn(OP_RECV, c), 0);
+    io_uring_sqe_set_data64(s, ud_conn(OP_CANCEL_RECV, c));
     c->b.ur.cancel_sent = 1;
     /* Submit now rather than with the next wait: every byte the recv takes
      * before the cancel lands is read behind the paused application's back
@@ -606,7 +631,7 @@ static void arm_writable(struct goev__conn *c)
         return;
     }
     io_uring_prep_poll_add(s, c->fd, POLLOUT);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_WRITABLE, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_WRITABLE, c));
     c->b.ur.send_armed = 1;
     c->b.ur.inflight++;
 }
@@ -674,7 +699,7 @@ static void ur_flush(struct goev__conn *c)
         c->b.ur.msg.msg_iovlen = (size_t)n;
         io_uring_prep_sendmsg(s, c->fd, &c->b.ur.msg, MSG_NOSIGNAL);
     }
-    io_uring_sqe_set_data64(s, UD_CONN(OP_SEND, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_SEND, c));
     c->out.inflight = bytes;
     c->b.ur.send_armed = 1;
     c->b.ur.inflight++;
@@ -688,7 +713,7 @@ static void ur_conn_close(struct goev__conn *c)
             goev_poller *p = c->p;
             struct ur *u = UR(p);
             if (!u->started) {
-                nop_out(u, UD_CONN(0, c), true);
+                nop_out(u, ud_conn(0, c), true);
                 c->b.ur.inflight = 0;
                 c->b.ur.recv_armed = c->b.ur.send_armed = 0;
                 c->b.ur.poll_armed = c->b.ur.connect_armed = 0;
@@ -717,7 +742,7 @@ static int ur_watch(struct goev__conn *c, unsigned events)
         if (c->b.ur.poll_mask == c->b.ur.poll_want || c->b.ur.poll_cancel)
             return 0;
         if (!u->started) {
-            if (nop_out(u, UD_CONN(OP_POLL, c), false)) {
+            if (nop_out(u, ud_conn(OP_POLL, c), false)) {
                 c->b.ur.poll_armed = 0;
                 c->b.ur.inflight--;
             }
@@ -726,7 +751,7 @@ static int ur_watch(struct goev__conn *c, unsigned events)
             struct io_uring_sqe *s = get_sqe(p, u);
             if (!s)
                 return -EBUSY;
-            io_uring_prep_poll_remove(s, UD_CONN(OP_POLL, c));
+            io_uring_prep_poll_remove(s, ud_conn(OP_POLL, c));
             io_uring_sqe_set_data64(s, 0);
             c->b.ur.poll_cancel = 1;
             return 0;
@@ -747,7 +772,7 @@ static int ur_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t
         return -EBUSY;
     memcpy(&c->b.ur.addr, sa, len);
     io_uring_prep_connect(s, c->fd, (struct sockaddr *)&c->b.ur.addr, len);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_CONNECT, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_CONNECT, c));
     c->b.ur.connect_armed = 1;
     c->b.ur.inflight++;
     return 0;
@@ -773,11 +798,11 @@ static void ur_listen_stop(struct goev__listener *l)
     if (!u || u->stopping)
         return;     /* thread_stop cancels (or has cancelled) everything */
     if (!u->started) {
-        if (nop_out(u, UD_LISTENER(l), false))
+        if (nop_out(u, ud_listener(l), false))
             l->b.ur.armed = 0;
         return;
     }
-    cancel_ud(p, u, UD_LISTENER(l));
+    cancel_ud(p, u, ud_listener(l));
     l->b.ur.cancel_sent = 1;
 }
 
@@ -969,7 +994,7 @@ static void on_wake(goev_poller *p, struct ur *u, int res)
 static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
-    unsigned op = UD_OP(ud);
+    unsigned op = ud_op(ud);
     unsigned flags = cqe->flags;
     int res = cqe->res;
     if (!(flags & IORING_CQE_F_MORE))
@@ -981,14 +1006,13 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         on_wake(p, u, res);
         return;
     case OP_ACCEPT:
-        on_accept(p, u, (struct goev__listener *)(uintptr_t)((ud & 0x00ffffffffffffffull) << 3), res,
-                  flags);
+        on_accept(p, u, ud_to_listener(ud), res, flags);
         return;
     default:
         break;
     }
-    struct goev__conn *c = goev__slot_conn(p, (uint32_t)(ud >> 32) & 0xffffffu);
-    if (GOEV__UNLIKELY(!c || c->gen != (uint32_t)ud)) {
+    struct goev__conn *c = goev__slot_conn(p, ud_slot(ud));
+    if (GOEV__UNLIKELY(!c || c->gen != ud_gen(ud))) {
         /* Cannot happen while slots wait for every CQE; never touch it. */
         if (flags & IORING_CQE_F_BUFFER)
             give_back(u, flags >> IORING_CQE_BUFFER_SHIFT);

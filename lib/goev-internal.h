@@ -205,15 +205,38 @@ struct goev__conn {
     } b;
 };
 
+/* Connection id (goev_conn_id): poller | slot | generation, from the top
+ * bit down.  The field widths set the limits: GOEV__MAX_POLLERS pollers per
+ * reactor, GOEV__MAX_SLOTS connections per poller.  A generation is never 0,
+ * so neither is an id. */
+#define GOEV__ID_POLLER_BITS 8
+#define GOEV__ID_SLOT_BITS 24
+#define GOEV__ID_GEN_BITS 32
+_Static_assert(GOEV__ID_POLLER_BITS + GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS == 64,
+               "goev_conn_id is 64 bits");
+#define GOEV__MAX_POLLERS ((1 << GOEV__ID_POLLER_BITS) - 1)
+#define GOEV__MAX_SLOTS (1u << GOEV__ID_SLOT_BITS)
+
 /* Connections live in per-poller chunks of slots so their addresses stay put;
  * the slot table is also the connection pool (freed slots are reused). */
 #define GOEV__SLOT_CHUNK 1024
-#define GOEV__MAX_SLOTS (1u << 24)
 
-/* conn id: 8 bits poller | 24 bits slot | 32 bits generation (never 0). */
 static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t gen)
 {
-    return ((uint64_t)poller << 56) | ((uint64_t)slot << 32) | gen;
+    return ((uint64_t)poller << (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS)) |
+           ((uint64_t)slot << GOEV__ID_GEN_BITS) | gen;
+}
+static inline uint32_t goev__id_poller(goev_conn_id id)
+{
+    return (uint32_t)(id >> (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS));
+}
+static inline uint32_t goev__id_slot(goev_conn_id id)
+{
+    return (uint32_t)(id >> GOEV__ID_GEN_BITS) & (GOEV__MAX_SLOTS - 1);
+}
+static inline uint32_t goev__id_gen(goev_conn_id id)
+{
+    return (uint32_t)id;
 }
 
 /* ---- listeners ----------------------------------------------------------- */

@@ -200,7 +200,7 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
         o = *opts;
     else
         goev_reactor_opts_init(&o);
-    if (o.pollers < 0 || o.pollers > 255 || (o.read_bufs & (o.read_bufs - 1)) ||
+    if (o.pollers < 0 || o.pollers > GOEV__MAX_POLLERS || (o.read_bufs & (o.read_bufs - 1)) ||
         o.read_bufs > 32768 || (o.read_buf_size && o.read_buf_size < 512)) {
         set_error("goev_reactor_new: bad option (pollers 0..255, read_bufs a power of "
                   "two <= 32768, read_buf_size >= 512)%s%s", "", "");
@@ -208,7 +208,7 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
     }
     if (o.pollers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o.pollers = n > 0 ? (n > 255 ? 255 : (int)n) : 1;
+        o.pollers = n > 0 ? (n > GOEV__MAX_POLLERS ? GOEV__MAX_POLLERS : (int)n) : 1;
     }
     if (!o.max_input)
         o.max_input = 16u << 20;
@@ -335,9 +335,8 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
             break;
         case GOEV__M_WRITE:
         case GOEV__M_CLOSE: {
-            uint32_t slot = (uint32_t)(m->u.write.id >> 32) & 0xffffffu;
-            struct goev__conn *c = goev__slot_conn(p, slot);
-            if (stopping || !c || c->gen != (uint32_t)m->u.write.id || c->kind != GOEV__K_STREAM)
+            struct goev__conn *c = goev__slot_conn(p, goev__id_slot(m->u.write.id));
+            if (stopping || !c || c->gen != goev__id_gen(m->u.write.id) || c->kind != GOEV__K_STREAM)
                 GOEV__STAT_INC(p, async_dropped);
             else if (m->kind == GOEV__M_CLOSE)
                 goev_close(c->h);
@@ -395,8 +394,7 @@ int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg)
 /* Queue an async write (kind WRITE) or close (kind CLOSE) for id. */
 static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void *data, size_t len)
 {
-    uint32_t pi = (uint32_t)(id >> 56), slot = (uint32_t)(id >> 32) & 0xffffffu;
-    uint32_t gen = (uint32_t)id;
+    uint32_t pi = goev__id_poller(id), slot = goev__id_slot(id), gen = goev__id_gen(id);
     if (!r || !gen || pi >= (uint32_t)r->npollers || (!data && len))
         return -EINVAL;
     goev_poller *p = &r->pollers[pi];
