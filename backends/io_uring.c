@@ -95,10 +95,52 @@ struct ur {
     int stopping;           /* thread_stop: nothing is re-armed */
     int wake_armed;
     uint64_t wake_val;
+    size_t opmem_cap;       /* pool block size of a union ur_opmem */
     pthread_t owner;
 };
 
+/* A connection's part (goev__conn_priv): what is in flight, and a pointer
+ * to memory that an op in flight reads, taken from the poller's pool for
+ * that op's time only (the CONNECT's target, or a SENDMSG's header and
+ * iovecs; no send is in flight before the connect is done). */
+struct ur_conn {
+    uint16_t ops_out;               /* ops whose final CQE has not come back */
+    uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
+    uint16_t recv_armed : 1, send_armed : 1, poll_armed : 1, connect_armed : 1;
+    uint16_t cancel_sent : 1, poll_cancel : 1, close_sent : 1;
+    uint16_t handed_back : 1;       /* goev__on_released called */
+    union ur_opmem *op_mem;
+};
+
+enum { SEND_IOV = 8 };
+union ur_opmem {
+    struct sockaddr_storage addr;
+    struct {
+        struct msghdr msg;
+        struct iovec iov[SEND_IOV];
+    } send;
+};
+
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
+static inline struct ur_conn *UC(struct goev__conn *c) { return goev__conn_priv(c); }
+
+static union ur_opmem *opmem_get(struct goev__conn *c)
+{
+    size_t cap;
+    union ur_opmem *m = goev__pool_get(&c->p->pool, sizeof *m, &cap);
+    UR(c->p)->opmem_cap = cap;      /* the same for every block */
+    UC(c)->op_mem = m;
+    return m;
+}
+
+static void opmem_put(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    if (uc->op_mem) {
+        goev__pool_put(&c->p->pool, uc->op_mem, UR(c->p)->opmem_cap);
+        uc->op_mem = NULL;
+    }
+}
 
 /* ---- ring setup ---------------------------------------------------------- */
 
@@ -392,8 +434,8 @@ static int arm_recv(struct goev__conn *c)
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BGID;
     io_uring_sqe_set_data64(s, ud_conn(OP_RECV, c));
-    c->b.ur.recv_armed = 1;
-    c->b.ur.inflight++;
+    UC(c)->recv_armed = 1;
+    UC(c)->ops_out++;
     return 0;
 }
 
@@ -403,13 +445,13 @@ static int arm_poll(struct goev__conn *c)
     struct io_uring_sqe *s = get_sqe(p, UR(p));
     if (!s)
         return -EBUSY;
-    unsigned want = c->b.ur.poll_want;
+    unsigned want = UC(c)->poll_want;
     unsigned mask = ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0);
     io_uring_prep_poll_add(s, c->fd, mask);
     io_uring_sqe_set_data64(s, ud_conn(OP_POLL, c));
-    c->b.ur.poll_armed = 1;
-    c->b.ur.poll_mask = (uint8_t)want;
-    c->b.ur.inflight++;
+    UC(c)->poll_armed = 1;
+    UC(c)->poll_mask = (uint8_t)want;
+    UC(c)->ops_out++;
     return 0;
 }
 
@@ -448,18 +490,16 @@ static void ur_free(struct ur *u)
 
 static int ur_poller_init(goev_poller *p)
 {
-    unsigned n = p->rbufs ? p->rbufs : 1024;
-    if (n > MAX_BUFS || (n & (n - 1)))
-        return -EINVAL;
-    if (!p->rbuf_size)
-        p->rbuf_size = 4096;
-    if (p->rbuf_size > (1u << 31))
+    const struct goev_reactor_opts *o = &p->r->opts;
+    unsigned n = o->read_bufs ? o->read_bufs : 1024;
+    size_t buf_size = o->read_buf_size ? o->read_buf_size : 4096;
+    if (n > MAX_BUFS || (n & (n - 1)) || buf_size > (1u << 31))
         return -EINVAL;
     struct ur *u = goev__calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
     u->nbufs = n;
-    u->buf_size = (unsigned)p->rbuf_size;
+    u->buf_size = (unsigned)buf_size;
     /* Room in the CQ for a completion per buffer (each one can be sitting
      * in a CQE) plus the one-shot ops; NODROP covers the rest. */
     unsigned cq = 4 * n > CQ_MIN ? 4 * n : CQ_MIN;
@@ -576,9 +616,9 @@ static void ur_poller_fini(goev_poller *p)
 
 static void maybe_release(struct goev__conn *c)
 {
-    if (c->b.ur.inflight || c->b.ur.released)
+    if (UC(c)->ops_out || UC(c)->handed_back)
         return;
-    c->b.ur.released = 1;
+    UC(c)->handed_back = 1;
     goev__on_released(c);
 }
 
@@ -586,21 +626,21 @@ static int ur_conn_start(struct goev__conn *c)
 {
     if (c->flags & GOEV__C_CLOSING)
         return -ENOTCONN;
-    if (c->b.ur.recv_armed)     /* a pending cancel's CQE re-arms it */
+    if (UC(c)->recv_armed)     /* a pending cancel's CQE re-arms it */
         return 0;
     return arm_recv(c);
 }
 
 static void ur_conn_pause(struct goev__conn *c)
 {
-    if (!c->b.ur.recv_armed || c->b.ur.cancel_sent)
+    if (!UC(c)->recv_armed || UC(c)->cancel_sent)
         return;
     goev_poller *p = c->p;
     struct ur *u = UR(p);
     if (!u->started) {
         if (nop_out(u, ud_conn(OP_RECV, c), false)) {
-            c->b.ur.recv_armed = 0;
-            c->b.ur.inflight--;
+            UC(c)->recv_armed = 0;
+            UC(c)->ops_out--;
         }
         return;
     }
@@ -609,7 +649,7 @@ static void ur_conn_pause(struct goev__conn *c)
         return;     /* recv stays armed; the data is kept as the tail */
     io_uring_prep_cancel64(s, ud_conn(OP_RECV, c), 0);
     io_uring_sqe_set_data64(s, ud_conn(OP_CANCEL_RECV, c));
-    c->b.ur.cancel_sent = 1;
+    UC(c)->cancel_sent = 1;
     /* Submit now rather than with the next wait: every byte the recv takes
      * before the cancel lands is read behind the paused application's back
      * (kept as the tail), while the point of pausing is to leave it in the
@@ -632,8 +672,8 @@ static void arm_writable(struct goev__conn *c)
     }
     io_uring_prep_poll_add(s, c->fd, POLLOUT);
     io_uring_sqe_set_data64(s, ud_conn(OP_WRITABLE, c));
-    c->b.ur.send_armed = 1;
-    c->b.ur.inflight++;
+    UC(c)->send_armed = 1;
+    UC(c)->ops_out++;
 }
 
 /* A file range at the head of the queue.  sendfile(2) on the poller thread
@@ -677,46 +717,55 @@ static bool send_file(struct goev__conn *c)
 
 static void ur_flush(struct goev__conn *c)
 {
-    if (c->b.ur.send_armed || c->b.ur.connect_armed || (c->flags & GOEV__C_CLOSING))
+    if (UC(c)->send_armed || UC(c)->connect_armed || (c->flags & GOEV__C_CLOSING))
         return;
     if (goev__outq_head_file(&c->out) && !send_file(c))
         return;
     size_t bytes;
-    int n = goev__outq_iov(&c->out, c->out.inflight, c->b.ur.iov, 8, &bytes);
+    struct iovec iov[SEND_IOV];
+    int n = goev__outq_iov(&c->out, c->out.inflight, iov, SEND_IOV, &bytes);
     if (n <= 0 || !bytes)
         return;
     goev_poller *p = c->p;
+    union ur_opmem *m = NULL;
+    if (n > 1 && !(m = opmem_get(c))) {     /* a SENDMSG reads these until it completes */
+        goev__on_error(c, -ENOMEM);
+        return;
+    }
     struct io_uring_sqe *s = get_sqe(p, UR(p));
     if (!s) {
+        opmem_put(c);
         goev__on_error(c, -EBUSY);
         return;
     }
     if (n == 1) {
-        io_uring_prep_send(s, c->fd, c->b.ur.iov[0].iov_base, c->b.ur.iov[0].iov_len, MSG_NOSIGNAL);
+        io_uring_prep_send(s, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } else {
-        memset(&c->b.ur.msg, 0, sizeof c->b.ur.msg);
-        c->b.ur.msg.msg_iov = c->b.ur.iov;
-        c->b.ur.msg.msg_iovlen = (size_t)n;
-        io_uring_prep_sendmsg(s, c->fd, &c->b.ur.msg, MSG_NOSIGNAL);
+        memcpy(m->send.iov, iov, (size_t)n * sizeof iov[0]);
+        memset(&m->send.msg, 0, sizeof m->send.msg);
+        m->send.msg.msg_iov = m->send.iov;
+        m->send.msg.msg_iovlen = (size_t)n;
+        io_uring_prep_sendmsg(s, c->fd, &m->send.msg, MSG_NOSIGNAL);
     }
     io_uring_sqe_set_data64(s, ud_conn(OP_SEND, c));
     c->out.inflight = bytes;
-    c->b.ur.send_armed = 1;
-    c->b.ur.inflight++;
+    UC(c)->send_armed = 1;
+    UC(c)->ops_out++;
 }
 
 static void ur_conn_close(struct goev__conn *c)
 {
-    if (!c->b.ur.close_sent) {
-        c->b.ur.close_sent = 1;
-        if (c->b.ur.inflight) {
+    if (!UC(c)->close_sent) {
+        UC(c)->close_sent = 1;
+        if (UC(c)->ops_out) {
             goev_poller *p = c->p;
             struct ur *u = UR(p);
             if (!u->started) {
                 nop_out(u, ud_conn(0, c), true);
-                c->b.ur.inflight = 0;
-                c->b.ur.recv_armed = c->b.ur.send_armed = 0;
-                c->b.ur.poll_armed = c->b.ur.connect_armed = 0;
+                opmem_put(c);
+                UC(c)->ops_out = 0;
+                UC(c)->recv_armed = UC(c)->send_armed = 0;
+                UC(c)->poll_armed = UC(c)->connect_armed = 0;
             } else {
                 /* Every op of c is on c->fd, and the fd stays open (so its
                  * number cannot be reused) until the last CQE is in. */
@@ -737,14 +786,14 @@ static int ur_watch(struct goev__conn *c, unsigned events)
 {
     goev_poller *p = c->p;
     struct ur *u = UR(p);
-    c->b.ur.poll_want = (uint8_t)(events & (GOEV_READ | GOEV_WRITE));
-    if (c->b.ur.poll_armed) {
-        if (c->b.ur.poll_mask == c->b.ur.poll_want || c->b.ur.poll_cancel)
+    UC(c)->poll_want = (uint8_t)(events & (GOEV_READ | GOEV_WRITE));
+    if (UC(c)->poll_armed) {
+        if (UC(c)->poll_mask == UC(c)->poll_want || UC(c)->poll_cancel)
             return 0;
         if (!u->started) {
             if (nop_out(u, ud_conn(OP_POLL, c), false)) {
-                c->b.ur.poll_armed = 0;
-                c->b.ur.inflight--;
+                UC(c)->poll_armed = 0;
+                UC(c)->ops_out--;
             }
         } else {
             /* The poll's final CQE (-ECANCELED) re-arms with poll_want. */
@@ -753,28 +802,33 @@ static int ur_watch(struct goev__conn *c, unsigned events)
                 return -EBUSY;
             io_uring_prep_poll_remove(s, ud_conn(OP_POLL, c));
             io_uring_sqe_set_data64(s, 0);
-            c->b.ur.poll_cancel = 1;
+            UC(c)->poll_cancel = 1;
             return 0;
         }
     }
-    if (c->b.ur.poll_want && !c->b.ur.poll_armed)
+    if (UC(c)->poll_want && !UC(c)->poll_armed)
         return arm_poll(c);
     return 0;
 }
 
 static int ur_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t len)
 {
-    if (len > sizeof c->b.ur.addr)
+    union ur_opmem *m;
+    if (len > sizeof m->addr)
         return -EINVAL;
     goev_poller *p = c->p;
+    if (!(m = opmem_get(c)))        /* the CONNECT reads it until it completes */
+        return -ENOMEM;
     struct io_uring_sqe *s = get_sqe(p, UR(p));
-    if (!s)
+    if (!s) {
+        opmem_put(c);
         return -EBUSY;
-    memcpy(&c->b.ur.addr, sa, len);
-    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&c->b.ur.addr, len);
+    }
+    memcpy(&m->addr, sa, len);
+    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&m->addr, len);
     io_uring_sqe_set_data64(s, ud_conn(OP_CONNECT, c));
-    c->b.ur.connect_armed = 1;
-    c->b.ur.inflight++;
+    UC(c)->connect_armed = 1;
+    UC(c)->ops_out++;
     return 0;
 }
 
@@ -818,9 +872,9 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
     }
     if (flags & IORING_CQE_F_MORE)
         return;
-    c->b.ur.recv_armed = 0;
-    c->b.ur.cancel_sent = 0;
-    c->b.ur.inflight--;
+    UC(c)->recv_armed = 0;
+    UC(c)->cancel_sent = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -855,8 +909,9 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
     (void)p;
     size_t offered = c->out.inflight;
     c->out.inflight = 0;
-    c->b.ur.send_armed = 0;
-    c->b.ur.inflight--;
+    opmem_put(c);
+    UC(c)->send_armed = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -883,8 +938,8 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
 
 static void on_writable(struct goev__conn *c, int res)
 {
-    c->b.ur.send_armed = 0;
-    c->b.ur.inflight--;
+    UC(c)->send_armed = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -901,16 +956,16 @@ static void on_writable(struct goev__conn *c, int res)
 static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
-    c->b.ur.poll_armed = 0;
-    c->b.ur.poll_cancel = 0;
-    c->b.ur.inflight--;
+    UC(c)->poll_armed = 0;
+    UC(c)->poll_cancel = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
     }
     if (res >= 0) {
         unsigned ev = ((res & POLLIN) ? GOEV_READ : 0) | ((res & POLLOUT) ? GOEV_WRITE : 0);
-        ev &= c->b.ur.poll_want;
+        ev &= UC(c)->poll_want;
         if (res & (POLLERR | POLLHUP | POLLNVAL))
             ev |= GOEV_ERROR;
         if (ev)
@@ -924,7 +979,7 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
     }
     /* One-shot and re-armed after the callback: still ready means another
      * CQE at once, which is level-triggered behaviour. */
-    if (c->b.ur.poll_want && !c->b.ur.poll_armed) {
+    if (UC(c)->poll_want && !UC(c)->poll_armed) {
         int rc = arm_poll(c);
         if (rc < 0)
             goev__on_error(c, rc);
@@ -934,8 +989,9 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 static void on_connect(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
-    c->b.ur.connect_armed = 0;
-    c->b.ur.inflight--;
+    UC(c)->connect_armed = 0;
+    UC(c)->ops_out--;
+    opmem_put(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -1024,9 +1080,9 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     case OP_CANCEL_RECV:
         /* EALREADY: the recv was running; it may go on, so ask again. */
-        if (res == -EALREADY && c->b.ur.recv_armed && c->b.ur.cancel_sent &&
+        if (res == -EALREADY && UC(c)->recv_armed && UC(c)->cancel_sent &&
             (c->flags & GOEV__C_PAUSED) && !(c->flags & GOEV__C_CLOSING)) {
-            c->b.ur.cancel_sent = 0;
+            UC(c)->cancel_sent = 0;
             ur_conn_pause(c);
         }
         break;
@@ -1082,6 +1138,7 @@ static int ur_wait(goev_poller *p, int timeout_ms)
 
 const struct goev__backend goev__uring_backend = {
     .name = "io_uring",
+    .conn_priv = sizeof(struct ur_conn),
     .probe = ur_probe,
     .poller_init = ur_poller_init,
     .thread_start = ur_thread_start,

@@ -184,25 +184,8 @@ struct goev__conn {
     goev_timer conn_timer;          /* connect timeout */
     goev_handler ih;                /* internal handler of conn_timer (user = c) */
     unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
-    /* backend-private state */
-    union {
-        struct { uint32_t events; } ep;
-        struct {
-            uint16_t inflight;      /* ops whose CQE has not come back */
-            uint8_t recv_armed, send_armed, poll_armed, cancel_sent, close_sent;
-            uint8_t connect_armed, poll_cancel, released;
-            uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
-            union {
-                struct {
-                    struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
-                    struct msghdr msg;
-                };
-                /* CONNECT target: must outlive the SQE, and no send can be
-                 * in flight before the connect completes. */
-                struct sockaddr_storage addr;
-            };
-        } ur;
-    } b;
+    /* The backend's own state (backend->conn_priv bytes) follows in the
+     * same slot: goev__conn_priv. */
 };
 
 /* Connection id (goev_conn_id): poller | slot | generation, from the top
@@ -238,6 +221,21 @@ static inline uint32_t goev__id_gen(goev_conn_id id)
 {
     return (uint32_t)id;
 }
+
+/* A slot is the core's struct goev__conn followed by the backend's
+ * conn_priv bytes (8-aligned); p->slot_stride is their sum. */
+#define GOEV__CONN_SIZE ((sizeof(struct goev__conn) + 7) & ~(size_t)7)
+static inline size_t goev__slot_stride(size_t conn_priv)
+{
+    return GOEV__CONN_SIZE + ((conn_priv + 7) & ~(size_t)7);
+}
+static inline void *goev__conn_priv(struct goev__conn *c)
+{
+    return (char *)c + GOEV__CONN_SIZE;
+}
+/* Slot i of a chunk of p's slot table. */
+static inline struct goev__conn *goev__chunk_slot(const goev_poller *p, struct goev__conn *chunk,
+                                                  uint32_t i);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -282,6 +280,10 @@ struct goev__mq {
 
 struct goev__backend {
     const char *name;
+    /* Bytes of backend state kept with every connection, right after the
+     * core's struct goev__conn (goev__conn_priv); zeroed when a slot is
+     * taken.  Keep it small: it is paid by every idle connection. */
+    size_t conn_priv;
     /* Hooks marked "optional" may be NULL; the core checks.
      *
      * Optional.  Can this backend run here?  0, or a negative errno with a
@@ -336,8 +338,9 @@ struct goev_poller {
     uint64_t now_ms;
     struct goev__heap timers;
     struct goev__pool pool;
-    /* slot table */
+    /* slot table: chunks of GOEV__SLOT_CHUNK slots of slot_stride bytes */
     struct goev__conn **chunks;
+    size_t slot_stride;
     uint32_t nchunks, nslots;
     uint32_t *free_slots;
     uint32_t nfree;
@@ -350,9 +353,6 @@ struct goev_poller {
     int sleeping;               /* atomic: 1 while blocked in wait */
     /* backend instance */
     void *bd;
-    char *rbuf;                 /* epoll: shared read buffer */
-    size_t rbuf_size;
-    unsigned rbufs;             /* io_uring: provided buffer count */
     void *local[GOEV_LOCAL_SLOTS];
     struct goev__listener *listeners;
     uint32_t nlive;             /* slots in use */
@@ -371,6 +371,12 @@ struct goev_reactor {
     pthread_t *threads;
     int started_async;
 };
+
+static inline struct goev__conn *goev__chunk_slot(const goev_poller *p, struct goev__conn *chunk,
+                                                  uint32_t i)
+{
+    return (struct goev__conn *)(void *)((char *)chunk + (size_t)i * p->slot_stride);
+}
 
 /* ---- core entry points for backends ------------------------------------- */
 

@@ -150,8 +150,7 @@ static int poller_init(goev_reactor *r, goev_poller *p, int idx)
     p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->wake_fd < 0)
         return -errno;
-    p->rbuf_size = o->read_buf_size;
-    p->rbufs = o->read_bufs ? o->read_bufs : 1024;
+    p->slot_stride = goev__slot_stride(p->be->conn_priv);
     return p->be->poller_init(p);
 }
 
@@ -401,7 +400,8 @@ static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void 
     /* Early answer for a connection already gone; a close that races with
      * this call is caught again on the poller, which checks the generation. */
     struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
-    if (!chunk || __atomic_load_n(&chunk[slot % GOEV__SLOT_CHUNK].gen, __ATOMIC_RELAXED) != gen)
+    if (!chunk ||
+        __atomic_load_n(&goev__chunk_slot(p, chunk, slot % GOEV__SLOT_CHUNK)->gen, __ATOMIC_RELAXED) != gen)
         return -ENOTCONN;
     struct goev__msg *m = goev__malloc(sizeof *m + len);
     if (!m)
