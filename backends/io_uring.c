@@ -108,13 +108,17 @@ struct ur_conn {
     uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
     uint16_t recv_armed : 1, send_armed : 1, poll_armed : 1, connect_armed : 1;
     uint16_t cancel_sent : 1, poll_cancel : 1, close_sent : 1;
+    uint16_t deferred : 1;          /* armed before the ring started: no SQE yet */
     uint16_t handed_back : 1;       /* goev__on_released called */
     union ur_opmem *op_mem;
 };
 
 enum { SEND_IOV = 8 };
 union ur_opmem {
-    struct sockaddr_storage addr;
+    struct {
+        struct sockaddr_storage addr;
+        socklen_t len;
+    } connect;
     struct {
         struct msghdr msg;
         struct iovec iov[SEND_IOV];
@@ -367,9 +371,10 @@ static inline void give_back(struct ur *u, unsigned bid)
                           (unsigned short)bid, io_uring_buf_ring_mask(u->nbufs), (int)u->nret++);
 }
 
-/* An SQE, pushing the SQ out if it is full.  Only the poller thread may
- * submit (and only once it enabled the ring); before that, a full SQ is an
- * error.  Every SQE handed out must produce one final CQE: it is counted. */
+/* An SQE, pushing the SQ out if it is full.  Only for a started ring (the
+ * poller thread enabled it and may submit): before that, ops are deferred
+ * (see arm_recv).  Every SQE handed out must produce one final CQE: it is
+ * counted. */
 static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&u->ring);
@@ -387,34 +392,6 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
     return s;
 }
 
-/* Before the ring runs nothing has reached the kernel, so "cancelling" is
- * turning our own unsubmitted SQEs into NOPs (a NOP still completes, which
- * keeps u->live right).  The SQEs picked are those with user_data ud, or
- * with any_conn_op, every connection op of ud's slot and generation.
- * Returns how many. */
-static unsigned nop_out(struct ur *u, uint64_t ud, bool any_conn_op)
-{
-    struct io_uring_sq *sq = &u->ring.sq;
-    unsigned n = 0;
-    for (unsigned i = sq->sqe_head; i != sq->sqe_tail; i++) {
-        struct io_uring_sqe *s = &sq->sqes[i & sq->ring_mask];
-        uint64_t x = s->user_data;
-        bool hit;
-        if (any_conn_op)
-            hit = ud_key(x) == ud_key(ud) &&
-                  ((ud_op(x) >= OP_RECV && ud_op(x) <= OP_CONNECT) || ud_op(x) >= OP_CANCEL_RECV);
-        else
-            hit = x == ud;
-        if (hit && s->opcode != IORING_OP_NOP) {
-            io_uring_prep_nop(s);
-            s->flags = 0;
-            io_uring_sqe_set_data64(s, 0);
-            n++;
-        }
-    }
-    return n;
-}
-
 static void cancel_ud(goev_poller *p, struct ur *u, uint64_t ud)
 {
     struct io_uring_sqe *s = get_sqe(p, u);
@@ -424,7 +401,8 @@ static void cancel_ud(goev_poller *p, struct ur *u, uint64_t ud)
     }
 }
 
-static int arm_recv(struct goev__conn *c)
+/* The SQEs of a connection's ops, from its state. */
+static int sq_recv(struct goev__conn *c)
 {
     goev_poller *p = c->p;
     struct io_uring_sqe *s = get_sqe(p, UR(p));
@@ -434,6 +412,58 @@ static int arm_recv(struct goev__conn *c)
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BGID;
     io_uring_sqe_set_data64(s, ud_conn(OP_RECV, c));
+    return 0;
+}
+
+static int sq_poll(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    struct io_uring_sqe *s = get_sqe(p, UR(p));
+    if (!s)
+        return -EBUSY;
+    unsigned want = UC(c)->poll_mask;
+    io_uring_prep_poll_add(s, c->fd, ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0));
+    io_uring_sqe_set_data64(s, ud_conn(OP_POLL, c));
+    return 0;
+}
+
+static int sq_connect(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    struct io_uring_sqe *s = get_sqe(p, UR(p));
+    if (!s)
+        return -EBUSY;
+    union ur_opmem *m = UC(c)->op_mem;
+    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&m->connect.addr, m->connect.len);
+    io_uring_sqe_set_data64(s, ud_conn(OP_CONNECT, c));
+    return 0;
+}
+
+static int sq_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
+{
+    struct io_uring_sqe *s = get_sqe(p, u);
+    if (!s)
+        return -EBUSY;
+    io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(s, ud_listener(l));
+    return 0;
+}
+
+/* Arming an op: its SQE now, or - before the ring is started, when nothing
+ * can be submitted - only its state, marked deferred; thread_start queues
+ * the SQEs of every deferred connection and listener (submitting as the SQ
+ * fills), so any amount of work can be set up before the reactor runs.
+ * Until then a deferred op is undone by clearing its state: nothing of it
+ * is in the kernel. */
+static int arm_recv(struct goev__conn *c)
+{
+    if (UR(c->p)->started) {
+        int rc = sq_recv(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
     UC(c)->recv_armed = 1;
     UC(c)->ops_out++;
     return 0;
@@ -441,27 +471,42 @@ static int arm_recv(struct goev__conn *c)
 
 static int arm_poll(struct goev__conn *c)
 {
-    goev_poller *p = c->p;
-    struct io_uring_sqe *s = get_sqe(p, UR(p));
-    if (!s)
-        return -EBUSY;
-    unsigned want = UC(c)->poll_want;
-    unsigned mask = ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0);
-    io_uring_prep_poll_add(s, c->fd, mask);
-    io_uring_sqe_set_data64(s, ud_conn(OP_POLL, c));
+    UC(c)->poll_mask = UC(c)->poll_want;
+    if (UR(c->p)->started) {
+        int rc = sq_poll(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
     UC(c)->poll_armed = 1;
-    UC(c)->poll_mask = (uint8_t)want;
+    UC(c)->ops_out++;
+    return 0;
+}
+
+static int arm_connect(struct goev__conn *c)
+{
+    if (UR(c->p)->started) {
+        int rc = sq_connect(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
+    UC(c)->connect_armed = 1;
     UC(c)->ops_out++;
     return 0;
 }
 
 static int arm_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
 {
-    struct io_uring_sqe *s = get_sqe(p, u);
-    if (!s)
-        return -EBUSY;
-    io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(s, ud_listener(l));
+    if (u->started) {
+        int rc = sq_accept(p, u, l);
+        if (rc < 0)
+            return rc;
+    } else {
+        l->b.ur.deferred = 1;
+    }
     l->b.ur.armed = 1;
     return 0;
 }
@@ -475,6 +520,40 @@ static int arm_wake(goev_poller *p, struct ur *u)
     io_uring_sqe_set_data64(s, UD_WAKE);
     u->wake_armed = 1;
     return 0;
+}
+
+/* Queue the SQEs of c's deferred ops (thread_start).  An op that cannot be
+ * queued fails c. */
+static void submit_deferred(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    uc->deferred = 0;
+    int rc = 0;
+    if (uc->connect_armed && (rc = sq_connect(c)) < 0) {
+        uc->connect_armed = 0;
+        uc->ops_out--;
+        opmem_put(c);
+    }
+    if (uc->recv_armed && (rc = sq_recv(c)) < 0) {
+        uc->recv_armed = 0;
+        uc->ops_out--;
+    }
+    if (uc->poll_armed && (rc = sq_poll(c)) < 0) {
+        uc->poll_armed = 0;
+        uc->ops_out--;
+    }
+    if (rc < 0)
+        goev__on_error(c, rc);
+}
+
+/* Before the ring is started: forget c's deferred ops. */
+static void drop_deferred(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    uc->deferred = 0;
+    uc->recv_armed = uc->poll_armed = uc->connect_armed = 0;
+    uc->ops_out = 0;
+    opmem_put(c);
 }
 
 /* ---- poller life --------------------------------------------------------- */
@@ -524,9 +603,6 @@ static int ur_poller_init(goev_poller *p)
         give_back(u, i);
     publish_bufs(u);
     p->bd = u;
-    rc = arm_wake(p, u);
-    if (rc < 0)
-        goto fail;
     return 0;
 fail:
     io_uring_queue_exit(&u->ring);
@@ -547,6 +623,23 @@ static int ur_thread_start(goev_poller *p)
     io_uring_register_ring_fd(&u->ring);
     u->owner = pthread_self();
     u->started = 1;
+    rc = arm_wake(p, u);
+    if (rc < 0)
+        return rc;
+    /* What was set up before the ring could take it. */
+    for (struct goev__listener *l = p->listeners; l; l = l->next)
+        if (l->b.ur.deferred) {
+            l->b.ur.deferred = 0;
+            if (sq_accept(p, u, l) < 0) {
+                l->b.ur.armed = 0;
+                goev__on_accept_error(l, -ENOBUFS);
+            }
+        }
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        struct goev__conn *c = goev__slot_conn(p, i);
+        if (c && UC(c)->deferred)
+            submit_deferred(c);
+    }
     return 0;
 }
 
@@ -637,11 +730,9 @@ static void ur_conn_pause(struct goev__conn *c)
         return;
     goev_poller *p = c->p;
     struct ur *u = UR(p);
-    if (!u->started) {
-        if (nop_out(u, ud_conn(OP_RECV, c), false)) {
-            UC(c)->recv_armed = 0;
-            UC(c)->ops_out--;
-        }
+    if (!u->started) {      /* deferred: no SQE yet */
+        UC(c)->recv_armed = 0;
+        UC(c)->ops_out--;
         return;
     }
     struct io_uring_sqe *s = get_sqe(p, u);
@@ -761,11 +852,7 @@ static void ur_conn_close(struct goev__conn *c)
             goev_poller *p = c->p;
             struct ur *u = UR(p);
             if (!u->started) {
-                nop_out(u, ud_conn(0, c), true);
-                opmem_put(c);
-                UC(c)->ops_out = 0;
-                UC(c)->recv_armed = UC(c)->send_armed = 0;
-                UC(c)->poll_armed = UC(c)->connect_armed = 0;
+                drop_deferred(c);
             } else {
                 /* Every op of c is on c->fd, and the fd stays open (so its
                  * number cannot be reused) until the last CQE is in. */
@@ -790,11 +877,9 @@ static int ur_watch(struct goev__conn *c, unsigned events)
     if (UC(c)->poll_armed) {
         if (UC(c)->poll_mask == UC(c)->poll_want || UC(c)->poll_cancel)
             return 0;
-        if (!u->started) {
-            if (nop_out(u, ud_conn(OP_POLL, c), false)) {
-                UC(c)->poll_armed = 0;
-                UC(c)->ops_out--;
-            }
+        if (!u->started) {      /* deferred: re-armed below with poll_want */
+            UC(c)->poll_armed = 0;
+            UC(c)->ops_out--;
         } else {
             /* The poll's final CQE (-ECANCELED) re-arms with poll_want. */
             struct io_uring_sqe *s = get_sqe(p, u);
@@ -814,22 +899,16 @@ static int ur_watch(struct goev__conn *c, unsigned events)
 static int ur_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t len)
 {
     union ur_opmem *m;
-    if (len > sizeof m->addr)
+    if (len > sizeof m->connect.addr)
         return -EINVAL;
-    goev_poller *p = c->p;
     if (!(m = opmem_get(c)))        /* the CONNECT reads it until it completes */
         return -ENOMEM;
-    struct io_uring_sqe *s = get_sqe(p, UR(p));
-    if (!s) {
+    memcpy(&m->connect.addr, sa, len);
+    m->connect.len = len;
+    int rc = arm_connect(c);
+    if (rc < 0)
         opmem_put(c);
-        return -EBUSY;
-    }
-    memcpy(&m->addr, sa, len);
-    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&m->addr, len);
-    io_uring_sqe_set_data64(s, ud_conn(OP_CONNECT, c));
-    UC(c)->connect_armed = 1;
-    UC(c)->ops_out++;
-    return 0;
+    return rc;
 }
 
 /* ---- listeners ----------------------------------------------------------------- */
@@ -851,9 +930,9 @@ static void ur_listen_stop(struct goev__listener *l)
     struct ur *u = UR(p);
     if (!u || u->stopping)
         return;     /* thread_stop cancels (or has cancelled) everything */
-    if (!u->started) {
-        if (nop_out(u, ud_listener(l), false))
-            l->b.ur.armed = 0;
+    if (!u->started) {      /* deferred: no SQE yet */
+        l->b.ur.armed = 0;
+        l->b.ur.deferred = 0;
         return;
     }
     cancel_ud(p, u, ud_listener(l));

@@ -249,7 +249,7 @@ struct goev__listener {
     goev_timer backoff;
     union {
         struct { int registered; } ep;
-        struct { uint8_t armed, cancel_sent, want; } ur;
+        struct { uint8_t armed, cancel_sent, want, deferred; } ur;
     } b;
 };
 
