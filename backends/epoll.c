@@ -22,17 +22,18 @@ enum { MAX_EVENTS = 512, MAX_IOV = 64 };
 
 struct ep {
     int epfd;
+    char *rbuf;             /* the poller's read buffer, shared by its connections */
+    size_t rbuf_size;
     struct epoll_event evs[MAX_EVENTS];
 };
 
-static inline struct ep *EP(goev_poller *p) { return p->bd; }
+/* A connection's part (goev__conn_priv): its interest, | REGISTERED. */
+struct ep_conn {
+    uint32_t events;
+};
 
-static int ep_probe(char *why, size_t n)
-{
-    why[0] = 0;
-    (void)n;
-    return 0;
-}
+static inline struct ep *EP(goev_poller *p) { return p->bd; }
+static inline struct ep_conn *EPC(struct goev__conn *c) { return goev__conn_priv(c); }
 
 static int ep_poller_init(goev_poller *p)
 {
@@ -41,10 +42,9 @@ static int ep_poller_init(goev_poller *p)
         return -ENOMEM;
     e->epfd = -1;
     p->bd = e;
-    if (!p->rbuf_size)
-        p->rbuf_size = 64 * 1024;
-    p->rbuf = goev__malloc(p->rbuf_size);
-    if (!p->rbuf)
+    e->rbuf_size = p->r->opts.read_buf_size ? p->r->opts.read_buf_size : 64 * 1024;
+    e->rbuf = goev__malloc(e->rbuf_size);
+    if (!e->rbuf)
         return -ENOMEM;
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (e->epfd < 0)
@@ -55,18 +55,16 @@ static int ep_poller_init(goev_poller *p)
     return 0;
 }
 
-static int ep_thread_start(goev_poller *p) { (void)p; return 0; }
-static void ep_thread_stop(goev_poller *p) { (void)p; }
-
 static void ep_poller_fini(goev_poller *p)
 {
     struct ep *e = EP(p);
-    if (e && e->epfd >= 0)
+    if (!e)
+        return;
+    if (e->epfd >= 0)
         close(e->epfd);
+    goev__free(e->rbuf);
     goev__free(e);
-    goev__free(p->rbuf);
     p->bd = NULL;
-    p->rbuf = NULL;
 }
 
 /* Set c's interest to `want` (EPOLLIN/EPOLLOUT), adding, modifying or
@@ -74,7 +72,7 @@ static void ep_poller_fini(goev_poller *p)
  * epoll reports EPOLLERR/EPOLLHUP even for an empty mask. */
 static int set_events(struct goev__conn *c, uint32_t want)
 {
-    uint32_t cur = c->b.ep.events;
+    uint32_t cur = EPC(c)->events;
     if ((cur & ~REGISTERED) == want && (want || !(cur & REGISTERED)))
         return 0;
     struct epoll_event ev = { .events = want, .data.ptr = c };
@@ -82,19 +80,19 @@ static int set_events(struct goev__conn *c, uint32_t want)
     GOEV__STAT_INC(c->p, sys_ctl);
     if (epoll_ctl(EP(c->p)->epfd, op, c->fd, &ev) < 0)
         return -errno;
-    c->b.ep.events = want ? (want | REGISTERED) : 0;
+    EPC(c)->events = want ? (want | REGISTERED) : 0;
     return 0;
 }
 
 static int ep_conn_start(struct goev__conn *c)
 {
-    return set_events(c, EPOLLIN | (c->b.ep.events & EPOLLOUT));
+    return set_events(c, EPOLLIN | (EPC(c)->events & EPOLLOUT));
 }
 
 static void ep_conn_pause(struct goev__conn *c)
 {
-    if (c->b.ep.events & EPOLLIN)
-        set_events(c, c->b.ep.events & EPOLLOUT);
+    if (EPC(c)->events & EPOLLIN)
+        set_events(c, EPC(c)->events & EPOLLOUT);
 }
 
 /* Send what is queued: one system call for up to MAX_IOV chunks.  A short
@@ -141,19 +139,19 @@ static void send_queued(struct goev__conn *c, bool from_event)
         if (c->flags & GOEV__C_CLOSING)
             return;
         if (blocked) {
-            if (c->out.bytes && !(c->b.ep.events & EPOLLOUT))
-                set_events(c, (c->b.ep.events & EPOLLIN) | EPOLLOUT);
+            if (c->out.bytes && !(EPC(c)->events & EPOLLOUT))
+                set_events(c, (EPC(c)->events & EPOLLIN) | EPOLLOUT);
             return;
         }
     }
-    if (from_event || (c->b.ep.events & EPOLLOUT))
-        set_events(c, c->b.ep.events & EPOLLIN);
+    if (from_event || (EPC(c)->events & EPOLLOUT))
+        set_events(c, EPC(c)->events & EPOLLIN);
 }
 
 static void ep_flush(struct goev__conn *c)
 {
     /* While EPOLLOUT is armed the kernel is full: wait for the event. */
-    if (!(c->b.ep.events & EPOLLOUT))
+    if (!(EPC(c)->events & EPOLLOUT))
         send_queued(c, false);
 }
 
@@ -165,16 +163,12 @@ static void ep_conn_close(struct goev__conn *c)
      * watched fd is the application's and may be (dup, fork): remove it
      * first, or its events would keep coming for a dead or reused slot. */
     if ((c->flags & GOEV__C_KEEP_FD) || c->kind == GOEV__K_WATCH) {
-        if (c->b.ep.events & REGISTERED) {
+        if (EPC(c)->events & REGISTERED) {
             epoll_ctl(EP(p)->epfd, EPOLL_CTL_DEL, c->fd, NULL);
             GOEV__STAT_INC(p, sys_ctl);
         }
     }
-    if (!(c->flags & GOEV__C_KEEP_FD) && c->fd >= 0) {
-        close(c->fd);
-        GOEV__STAT_INC(p, sys_other);
-    }
-    c->b.ep.events = 0;
+    EPC(c)->events = 0;
     goev__on_released(c);
 }
 
@@ -213,13 +207,6 @@ static int ep_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t
     return set_events(c, EPOLLOUT);
 }
 
-static void ep_wake(goev_poller *p)
-{
-    uint64_t one = 1;
-    ssize_t rc = write(p->wake_fd, &one, sizeof one);
-    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
-}
-
 static void on_listener(struct goev__listener *l)
 {
     goev_poller *p = l->p;
@@ -253,7 +240,7 @@ static void on_conn(struct goev__conn *c, uint32_t ev)
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
         GOEV__STAT_INC(p, sys_other);
         if (!err && !(ev & (EPOLLERR | EPOLLHUP))) {
-            c->b.ep.events = REGISTERED;    /* conn_start's MOD replaces EPOLLOUT */
+            EPC(c)->events = REGISTERED;    /* conn_start's MOD replaces EPOLLOUT */
         } else if (!err) {
             err = ECONNREFUSED;
         }
@@ -261,28 +248,29 @@ static void on_conn(struct goev__conn *c, uint32_t ev)
         /* Not reading (paused or closing gracefully from on_open): the
          * kernel still has the connect's EPOLLOUT, which would fire on
          * every wait.  Drop the registration; conn_start adds it back. */
-        if (!err && !(c->flags & GOEV__C_CLOSING) && c->b.ep.events == REGISTERED)
+        if (!err && !(c->flags & GOEV__C_CLOSING) && EPC(c)->events == REGISTERED)
             set_events(c, 0);
         return;
     }
-    if ((ev & EPOLLOUT) && (c->b.ep.events & EPOLLOUT)) {
+    if ((ev & EPOLLOUT) && (EPC(c)->events & EPOLLOUT)) {
         send_queued(c, true);
         if (c->flags & GOEV__C_CLOSING)
             return;
     }
     if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
         return;
-    if (!(c->b.ep.events & EPOLLIN)) {
+    if (!(EPC(c)->events & EPOLLIN)) {
         /* Not reading (paused, EOF): an error or hang-up would be reported
          * on every wait; stop listening until reading resumes. */
-        if ((ev & (EPOLLERR | EPOLLHUP)) && !(c->b.ep.events & EPOLLOUT))
+        if ((ev & (EPOLLERR | EPOLLHUP)) && !(EPC(c)->events & EPOLLOUT))
             set_events(c, 0);
         return;
     }
-    ssize_t n = read(c->fd, p->rbuf, p->rbuf_size);
+    struct ep *e = EP(p);
+    ssize_t n = read(c->fd, e->rbuf, e->rbuf_size);
     GOEV__STAT_INC(p, sys_read);
     if (n > 0)
-        goev__on_data(c, p->rbuf, (size_t)n);
+        goev__on_data(c, e->rbuf, (size_t)n);
     else if (n == 0)
         goev__on_eof(c);
     else if (errno != EAGAIN && errno != EINTR)
@@ -319,10 +307,8 @@ static int ep_wait(goev_poller *p, int timeout_ms)
 
 const struct goev__backend goev__epoll_backend = {
     .name = "epoll",
-    .probe = ep_probe,
+    .conn_priv = sizeof(struct ep_conn),
     .poller_init = ep_poller_init,
-    .thread_start = ep_thread_start,
-    .thread_stop = ep_thread_stop,
     .poller_fini = ep_poller_fini,
     .conn_start = ep_conn_start,
     .conn_pause = ep_conn_pause,
@@ -332,6 +318,5 @@ const struct goev__backend goev__epoll_backend = {
     .listen_start = ep_listen_start,
     .listen_stop = ep_listen_stop,
     .connect = ep_connect,
-    .wake = ep_wake,
     .wait = ep_wait,
 };

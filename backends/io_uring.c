@@ -13,9 +13,9 @@
  *   loop:    one io_uring_enter per pass submits and waits; CQEs are drained
  *            in one batch and the buffers returned are published once
  *
- * user_data = op:8 | slot:24 | gen:32 for connections, so that a CQE for a
- * connection that is gone (its slot reused) is recognised and dropped.
- * Listeners are not slots: their pointer (>> 3) fills the low 56 bits. */
+ * user_data = op | slot | generation for connections (see ud_make), so
+ * that a CQE for a connection that is gone (its slot reused) is recognised
+ * and dropped.  Listeners are not slots: their pointer (>> 3) is the key. */
 #include "goev-internal.h"
 
 #include <errno.h>
@@ -51,10 +51,35 @@ enum {
 
 #define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
 
-#define UD_OP(ud) ((unsigned)((ud) >> 56))
-#define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
-#define UD_LISTENER(l) (((uint64_t)OP_ACCEPT << 56) | ((uint64_t)(uintptr_t)(l) >> 3))
-#define UD_WAKE ((uint64_t)OP_WAKE << 56)
+/* user_data = op | key, encoded and decoded only here.  A connection's key
+ * is the slot and generation part of its conn id (goev__mkid), a
+ * listener's its address >> 3 (8-aligned; user-space addresses fit). */
+#define UD_OP_BITS 8
+#define UD_KEY_BITS (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS)
+#define UD_KEY_MASK ((UINT64_C(1) << UD_KEY_BITS) - 1)
+_Static_assert(UD_OP_BITS + UD_KEY_BITS <= 64, "user_data holds op and key");
+
+static inline uint64_t ud_make(unsigned op, uint64_t key)
+{
+    return ((uint64_t)op << UD_KEY_BITS) | (key & UD_KEY_MASK);
+}
+static inline uint64_t ud_conn(unsigned op, const struct goev__conn *c)
+{
+    return ud_make(op, goev__mkid(0, c->slot, c->gen));
+}
+static inline uint64_t ud_listener(const struct goev__listener *l)
+{
+    return ud_make(OP_ACCEPT, (uint64_t)(uintptr_t)l >> 3);
+}
+static inline unsigned ud_op(uint64_t ud) { return (unsigned)(ud >> UD_KEY_BITS); }
+static inline uint64_t ud_key(uint64_t ud) { return ud & UD_KEY_MASK; }
+static inline uint32_t ud_slot(uint64_t ud) { return goev__id_slot(ud_key(ud)); }
+static inline uint32_t ud_gen(uint64_t ud) { return goev__id_gen(ud_key(ud)); }
+static inline struct goev__listener *ud_to_listener(uint64_t ud)
+{
+    return (struct goev__listener *)(uintptr_t)(ud_key(ud) << 3);
+}
+#define UD_WAKE ud_make(OP_WAKE, 0)
 
 /* liburing 2.3's private flag for "ring fd registered"; see ur_poller_fini. */
 #define URING_INT_FLAG_REG_RING 1
@@ -70,10 +95,56 @@ struct ur {
     int stopping;           /* thread_stop: nothing is re-armed */
     int wake_armed;
     uint64_t wake_val;
+    size_t opmem_cap;       /* pool block size of a union ur_opmem */
     pthread_t owner;
 };
 
+/* A connection's part (goev__conn_priv): what is in flight, and a pointer
+ * to memory that an op in flight reads, taken from the poller's pool for
+ * that op's time only (the CONNECT's target, or a SENDMSG's header and
+ * iovecs; no send is in flight before the connect is done). */
+struct ur_conn {
+    uint16_t ops_out;               /* ops whose final CQE has not come back */
+    uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
+    uint16_t recv_armed : 1, send_armed : 1, poll_armed : 1, connect_armed : 1;
+    uint16_t cancel_sent : 1, poll_cancel : 1, close_sent : 1;
+    uint16_t deferred : 1;          /* armed before the ring started: no SQE yet */
+    uint16_t handed_back : 1;       /* goev__on_released called */
+    union ur_opmem *op_mem;
+};
+
+enum { SEND_IOV = 8 };
+union ur_opmem {
+    struct {
+        struct sockaddr_storage addr;
+        socklen_t len;
+    } connect;
+    struct {
+        struct msghdr msg;
+        struct iovec iov[SEND_IOV];
+    } send;
+};
+
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
+static inline struct ur_conn *UC(struct goev__conn *c) { return goev__conn_priv(c); }
+
+static union ur_opmem *opmem_get(struct goev__conn *c)
+{
+    size_t cap;
+    union ur_opmem *m = goev__pool_get(&c->p->pool, sizeof *m, &cap);
+    UR(c->p)->opmem_cap = cap;      /* the same for every block */
+    UC(c)->op_mem = m;
+    return m;
+}
+
+static void opmem_put(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    if (uc->op_mem) {
+        goev__pool_put(&c->p->pool, uc->op_mem, UR(c->p)->opmem_cap);
+        uc->op_mem = NULL;
+    }
+}
 
 /* ---- ring setup ---------------------------------------------------------- */
 
@@ -300,9 +371,10 @@ static inline void give_back(struct ur *u, unsigned bid)
                           (unsigned short)bid, io_uring_buf_ring_mask(u->nbufs), (int)u->nret++);
 }
 
-/* An SQE, pushing the SQ out if it is full.  Only the poller thread may
- * submit (and only once it enabled the ring); before that, a full SQ is an
- * error.  Every SQE handed out must produce one final CQE: it is counted. */
+/* An SQE, pushing the SQ out if it is full.  Only for a started ring (the
+ * poller thread enabled it and may submit): before that, ops are deferred
+ * (see arm_recv).  Every SQE handed out must produce one final CQE: it is
+ * counted. */
 static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&u->ring);
@@ -320,34 +392,6 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
     return s;
 }
 
-/* Before the ring runs nothing has reached the kernel, so "cancelling" is
- * turning our own unsubmitted SQEs into NOPs (a NOP still completes, which
- * keeps u->live right).  The SQEs picked are those with user_data ud, or
- * with any_conn_op, every connection op of ud's slot and generation.
- * Returns how many. */
-static unsigned nop_out(struct ur *u, uint64_t ud, bool any_conn_op)
-{
-    struct io_uring_sq *sq = &u->ring.sq;
-    unsigned n = 0;
-    for (unsigned i = sq->sqe_head; i != sq->sqe_tail; i++) {
-        struct io_uring_sqe *s = &sq->sqes[i & sq->ring_mask];
-        uint64_t x = s->user_data;
-        bool hit;
-        if (any_conn_op)
-            hit = (x & 0x00ffffffffffffffull) == (ud & 0x00ffffffffffffffull) &&
-                  ((UD_OP(x) >= OP_RECV && UD_OP(x) <= OP_CONNECT) || UD_OP(x) >= OP_CANCEL_RECV);
-        else
-            hit = x == ud;
-        if (hit && s->opcode != IORING_OP_NOP) {
-            io_uring_prep_nop(s);
-            s->flags = 0;
-            io_uring_sqe_set_data64(s, 0);
-            n++;
-        }
-    }
-    return n;
-}
-
 static void cancel_ud(goev_poller *p, struct ur *u, uint64_t ud)
 {
     struct io_uring_sqe *s = get_sqe(p, u);
@@ -357,7 +401,8 @@ static void cancel_ud(goev_poller *p, struct ur *u, uint64_t ud)
     }
 }
 
-static int arm_recv(struct goev__conn *c)
+/* The SQEs of a connection's ops, from its state. */
+static int sq_recv(struct goev__conn *c)
 {
     goev_poller *p = c->p;
     struct io_uring_sqe *s = get_sqe(p, UR(p));
@@ -366,35 +411,102 @@ static int arm_recv(struct goev__conn *c)
     io_uring_prep_recv_multishot(s, c->fd, NULL, 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BGID;
-    io_uring_sqe_set_data64(s, UD_CONN(OP_RECV, c));
-    c->b.ur.recv_armed = 1;
-    c->b.ur.inflight++;
+    io_uring_sqe_set_data64(s, ud_conn(OP_RECV, c));
     return 0;
 }
 
-static int arm_poll(struct goev__conn *c)
+static int sq_poll(struct goev__conn *c)
 {
     goev_poller *p = c->p;
     struct io_uring_sqe *s = get_sqe(p, UR(p));
     if (!s)
         return -EBUSY;
-    unsigned want = c->b.ur.poll_want;
-    unsigned mask = ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0);
-    io_uring_prep_poll_add(s, c->fd, mask);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_POLL, c));
-    c->b.ur.poll_armed = 1;
-    c->b.ur.poll_mask = (uint8_t)want;
-    c->b.ur.inflight++;
+    unsigned want = UC(c)->poll_mask;
+    io_uring_prep_poll_add(s, c->fd, ((want & GOEV_READ) ? POLLIN : 0) | ((want & GOEV_WRITE) ? POLLOUT : 0));
+    io_uring_sqe_set_data64(s, ud_conn(OP_POLL, c));
     return 0;
 }
 
-static int arm_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
+static int sq_connect(struct goev__conn *c)
+{
+    goev_poller *p = c->p;
+    struct io_uring_sqe *s = get_sqe(p, UR(p));
+    if (!s)
+        return -EBUSY;
+    union ur_opmem *m = UC(c)->op_mem;
+    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&m->connect.addr, m->connect.len);
+    io_uring_sqe_set_data64(s, ud_conn(OP_CONNECT, c));
+    return 0;
+}
+
+static int sq_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
 {
     struct io_uring_sqe *s = get_sqe(p, u);
     if (!s)
         return -EBUSY;
     io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(s, UD_LISTENER(l));
+    io_uring_sqe_set_data64(s, ud_listener(l));
+    return 0;
+}
+
+/* Arming an op: its SQE now, or - before the ring is started, when nothing
+ * can be submitted - only its state, marked deferred; thread_start queues
+ * the SQEs of every deferred connection and listener (submitting as the SQ
+ * fills), so any amount of work can be set up before the reactor runs.
+ * Until then a deferred op is undone by clearing its state: nothing of it
+ * is in the kernel. */
+static int arm_recv(struct goev__conn *c)
+{
+    if (UR(c->p)->started) {
+        int rc = sq_recv(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
+    UC(c)->recv_armed = 1;
+    UC(c)->ops_out++;
+    return 0;
+}
+
+static int arm_poll(struct goev__conn *c)
+{
+    UC(c)->poll_mask = UC(c)->poll_want;
+    if (UR(c->p)->started) {
+        int rc = sq_poll(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
+    UC(c)->poll_armed = 1;
+    UC(c)->ops_out++;
+    return 0;
+}
+
+static int arm_connect(struct goev__conn *c)
+{
+    if (UR(c->p)->started) {
+        int rc = sq_connect(c);
+        if (rc < 0)
+            return rc;
+    } else {
+        UC(c)->deferred = 1;
+    }
+    UC(c)->connect_armed = 1;
+    UC(c)->ops_out++;
+    return 0;
+}
+
+static int arm_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
+{
+    if (u->started) {
+        int rc = sq_accept(p, u, l);
+        if (rc < 0)
+            return rc;
+    } else {
+        l->b.ur.deferred = 1;
+    }
     l->b.ur.armed = 1;
     return 0;
 }
@@ -410,6 +522,40 @@ static int arm_wake(goev_poller *p, struct ur *u)
     return 0;
 }
 
+/* Queue the SQEs of c's deferred ops (thread_start).  An op that cannot be
+ * queued fails c. */
+static void submit_deferred(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    uc->deferred = 0;
+    int rc = 0;
+    if (uc->connect_armed && (rc = sq_connect(c)) < 0) {
+        uc->connect_armed = 0;
+        uc->ops_out--;
+        opmem_put(c);
+    }
+    if (uc->recv_armed && (rc = sq_recv(c)) < 0) {
+        uc->recv_armed = 0;
+        uc->ops_out--;
+    }
+    if (uc->poll_armed && (rc = sq_poll(c)) < 0) {
+        uc->poll_armed = 0;
+        uc->ops_out--;
+    }
+    if (rc < 0)
+        goev__on_error(c, rc);
+}
+
+/* Before the ring is started: forget c's deferred ops. */
+static void drop_deferred(struct goev__conn *c)
+{
+    struct ur_conn *uc = UC(c);
+    uc->deferred = 0;
+    uc->recv_armed = uc->poll_armed = uc->connect_armed = 0;
+    uc->ops_out = 0;
+    opmem_put(c);
+}
+
 /* ---- poller life --------------------------------------------------------- */
 
 static void ur_free(struct ur *u)
@@ -423,18 +569,16 @@ static void ur_free(struct ur *u)
 
 static int ur_poller_init(goev_poller *p)
 {
-    unsigned n = p->rbufs ? p->rbufs : 1024;
-    if (n > MAX_BUFS || (n & (n - 1)))
-        return -EINVAL;
-    if (!p->rbuf_size)
-        p->rbuf_size = 4096;
-    if (p->rbuf_size > (1u << 31))
+    const struct goev_reactor_opts *o = &p->r->opts;
+    unsigned n = o->read_bufs ? o->read_bufs : 1024;
+    size_t buf_size = o->read_buf_size ? o->read_buf_size : 4096;
+    if (n > MAX_BUFS || (n & (n - 1)) || buf_size > (1u << 31))
         return -EINVAL;
     struct ur *u = goev__calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
     u->nbufs = n;
-    u->buf_size = (unsigned)p->rbuf_size;
+    u->buf_size = (unsigned)buf_size;
     /* Room in the CQ for a completion per buffer (each one can be sitting
      * in a CQE) plus the one-shot ops; NODROP covers the rest. */
     unsigned cq = 4 * n > CQ_MIN ? 4 * n : CQ_MIN;
@@ -459,9 +603,6 @@ static int ur_poller_init(goev_poller *p)
         give_back(u, i);
     publish_bufs(u);
     p->bd = u;
-    rc = arm_wake(p, u);
-    if (rc < 0)
-        goto fail;
     return 0;
 fail:
     io_uring_queue_exit(&u->ring);
@@ -482,6 +623,23 @@ static int ur_thread_start(goev_poller *p)
     io_uring_register_ring_fd(&u->ring);
     u->owner = pthread_self();
     u->started = 1;
+    rc = arm_wake(p, u);
+    if (rc < 0)
+        return rc;
+    /* What was set up before the ring could take it. */
+    for (struct goev__listener *l = p->listeners; l; l = l->next)
+        if (l->b.ur.deferred) {
+            l->b.ur.deferred = 0;
+            if (sq_accept(p, u, l) < 0) {
+                l->b.ur.armed = 0;
+                goev__on_accept_error(l, -ENOBUFS);
+            }
+        }
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        struct goev__conn *c = goev__slot_conn(p, i);
+        if (c && UC(c)->deferred)
+            submit_deferred(c);
+    }
     return 0;
 }
 
@@ -551,13 +709,9 @@ static void ur_poller_fini(goev_poller *p)
 
 static void maybe_release(struct goev__conn *c)
 {
-    if (c->b.ur.inflight || c->b.ur.released)
+    if (UC(c)->ops_out || UC(c)->handed_back)
         return;
-    c->b.ur.released = 1;
-    if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
-        close(c->fd);
-        GOEV__STAT_INC(c->p, sys_other);
-    }
+    UC(c)->handed_back = 1;
     goev__on_released(c);
 }
 
@@ -565,30 +719,28 @@ static int ur_conn_start(struct goev__conn *c)
 {
     if (c->flags & GOEV__C_CLOSING)
         return -ENOTCONN;
-    if (c->b.ur.recv_armed)     /* a pending cancel's CQE re-arms it */
+    if (UC(c)->recv_armed)     /* a pending cancel's CQE re-arms it */
         return 0;
     return arm_recv(c);
 }
 
 static void ur_conn_pause(struct goev__conn *c)
 {
-    if (!c->b.ur.recv_armed || c->b.ur.cancel_sent)
+    if (!UC(c)->recv_armed || UC(c)->cancel_sent)
         return;
     goev_poller *p = c->p;
     struct ur *u = UR(p);
-    if (!u->started) {
-        if (nop_out(u, UD_CONN(OP_RECV, c), false)) {
-            c->b.ur.recv_armed = 0;
-            c->b.ur.inflight--;
-        }
+    if (!u->started) {      /* deferred: no SQE yet */
+        UC(c)->recv_armed = 0;
+        UC(c)->ops_out--;
         return;
     }
     struct io_uring_sqe *s = get_sqe(p, u);
     if (!s)
         return;     /* recv stays armed; the data is kept as the tail */
-    io_uring_prep_cancel64(s, UD_CONN(OP_RECV, c), 0);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_CANCEL_RECV, c));
-    c->b.ur.cancel_sent = 1;
+    io_uring_prep_cancel64(s, ud_conn(OP_RECV, c), 0);
+    io_uring_sqe_set_data64(s, ud_conn(OP_CANCEL_RECV, c));
+    UC(c)->cancel_sent = 1;
     /* Submit now rather than with the next wait: every byte the recv takes
      * before the cancel lands is read behind the paused application's back
      * (kept as the tail), while the point of pausing is to leave it in the
@@ -610,9 +762,9 @@ static void arm_writable(struct goev__conn *c)
         return;
     }
     io_uring_prep_poll_add(s, c->fd, POLLOUT);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_WRITABLE, c));
-    c->b.ur.send_armed = 1;
-    c->b.ur.inflight++;
+    io_uring_sqe_set_data64(s, ud_conn(OP_WRITABLE, c));
+    UC(c)->send_armed = 1;
+    UC(c)->ops_out++;
 }
 
 /* A file range at the head of the queue.  sendfile(2) on the poller thread
@@ -656,46 +808,51 @@ static bool send_file(struct goev__conn *c)
 
 static void ur_flush(struct goev__conn *c)
 {
-    if (c->b.ur.send_armed || c->b.ur.connect_armed || (c->flags & GOEV__C_CLOSING))
+    if (UC(c)->send_armed || UC(c)->connect_armed || (c->flags & GOEV__C_CLOSING))
         return;
     if (goev__outq_head_file(&c->out) && !send_file(c))
         return;
     size_t bytes;
-    int n = goev__outq_iov(&c->out, c->out.inflight, c->b.ur.iov, 8, &bytes);
+    struct iovec iov[SEND_IOV];
+    int n = goev__outq_iov(&c->out, c->out.inflight, iov, SEND_IOV, &bytes);
     if (n <= 0 || !bytes)
         return;
     goev_poller *p = c->p;
+    union ur_opmem *m = NULL;
+    if (n > 1 && !(m = opmem_get(c))) {     /* a SENDMSG reads these until it completes */
+        goev__on_error(c, -ENOMEM);
+        return;
+    }
     struct io_uring_sqe *s = get_sqe(p, UR(p));
     if (!s) {
+        opmem_put(c);
         goev__on_error(c, -EBUSY);
         return;
     }
     if (n == 1) {
-        io_uring_prep_send(s, c->fd, c->b.ur.iov[0].iov_base, c->b.ur.iov[0].iov_len, MSG_NOSIGNAL);
+        io_uring_prep_send(s, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } else {
-        memset(&c->b.ur.msg, 0, sizeof c->b.ur.msg);
-        c->b.ur.msg.msg_iov = c->b.ur.iov;
-        c->b.ur.msg.msg_iovlen = (size_t)n;
-        io_uring_prep_sendmsg(s, c->fd, &c->b.ur.msg, MSG_NOSIGNAL);
+        memcpy(m->send.iov, iov, (size_t)n * sizeof iov[0]);
+        memset(&m->send.msg, 0, sizeof m->send.msg);
+        m->send.msg.msg_iov = m->send.iov;
+        m->send.msg.msg_iovlen = (size_t)n;
+        io_uring_prep_sendmsg(s, c->fd, &m->send.msg, MSG_NOSIGNAL);
     }
-    io_uring_sqe_set_data64(s, UD_CONN(OP_SEND, c));
+    io_uring_sqe_set_data64(s, ud_conn(OP_SEND, c));
     c->out.inflight = bytes;
-    c->b.ur.send_armed = 1;
-    c->b.ur.inflight++;
+    UC(c)->send_armed = 1;
+    UC(c)->ops_out++;
 }
 
 static void ur_conn_close(struct goev__conn *c)
 {
-    if (!c->b.ur.close_sent) {
-        c->b.ur.close_sent = 1;
-        if (c->b.ur.inflight) {
+    if (!UC(c)->close_sent) {
+        UC(c)->close_sent = 1;
+        if (UC(c)->ops_out) {
             goev_poller *p = c->p;
             struct ur *u = UR(p);
             if (!u->started) {
-                nop_out(u, UD_CONN(0, c), true);
-                c->b.ur.inflight = 0;
-                c->b.ur.recv_armed = c->b.ur.send_armed = 0;
-                c->b.ur.poll_armed = c->b.ur.connect_armed = 0;
+                drop_deferred(c);
             } else {
                 /* Every op of c is on c->fd, and the fd stays open (so its
                  * number cannot be reused) until the last CQE is in. */
@@ -716,45 +873,42 @@ static int ur_watch(struct goev__conn *c, unsigned events)
 {
     goev_poller *p = c->p;
     struct ur *u = UR(p);
-    c->b.ur.poll_want = (uint8_t)(events & (GOEV_READ | GOEV_WRITE));
-    if (c->b.ur.poll_armed) {
-        if (c->b.ur.poll_mask == c->b.ur.poll_want || c->b.ur.poll_cancel)
+    UC(c)->poll_want = (uint8_t)(events & (GOEV_READ | GOEV_WRITE));
+    if (UC(c)->poll_armed) {
+        if (UC(c)->poll_mask == UC(c)->poll_want || UC(c)->poll_cancel)
             return 0;
-        if (!u->started) {
-            if (nop_out(u, UD_CONN(OP_POLL, c), false)) {
-                c->b.ur.poll_armed = 0;
-                c->b.ur.inflight--;
-            }
+        if (!u->started) {      /* deferred: re-armed below with poll_want */
+            UC(c)->poll_armed = 0;
+            UC(c)->ops_out--;
         } else {
             /* The poll's final CQE (-ECANCELED) re-arms with poll_want. */
             struct io_uring_sqe *s = get_sqe(p, u);
             if (!s)
                 return -EBUSY;
-            io_uring_prep_poll_remove(s, UD_CONN(OP_POLL, c));
+            io_uring_prep_poll_remove(s, ud_conn(OP_POLL, c));
             io_uring_sqe_set_data64(s, 0);
-            c->b.ur.poll_cancel = 1;
+            UC(c)->poll_cancel = 1;
             return 0;
         }
     }
-    if (c->b.ur.poll_want && !c->b.ur.poll_armed)
+    if (UC(c)->poll_want && !UC(c)->poll_armed)
         return arm_poll(c);
     return 0;
 }
 
 static int ur_connect(struct goev__conn *c, const struct sockaddr *sa, socklen_t len)
 {
-    if (len > sizeof c->b.ur.addr)
+    union ur_opmem *m;
+    if (len > sizeof m->connect.addr)
         return -EINVAL;
-    goev_poller *p = c->p;
-    struct io_uring_sqe *s = get_sqe(p, UR(p));
-    if (!s)
-        return -EBUSY;
-    memcpy(&c->b.ur.addr, sa, len);
-    io_uring_prep_connect(s, c->fd, (struct sockaddr *)&c->b.ur.addr, len);
-    io_uring_sqe_set_data64(s, UD_CONN(OP_CONNECT, c));
-    c->b.ur.connect_armed = 1;
-    c->b.ur.inflight++;
-    return 0;
+    if (!(m = opmem_get(c)))        /* the CONNECT reads it until it completes */
+        return -ENOMEM;
+    memcpy(&m->connect.addr, sa, len);
+    m->connect.len = len;
+    int rc = arm_connect(c);
+    if (rc < 0)
+        opmem_put(c);
+    return rc;
 }
 
 /* ---- listeners ----------------------------------------------------------------- */
@@ -776,22 +930,13 @@ static void ur_listen_stop(struct goev__listener *l)
     struct ur *u = UR(p);
     if (!u || u->stopping)
         return;     /* thread_stop cancels (or has cancelled) everything */
-    if (!u->started) {
-        if (nop_out(u, UD_LISTENER(l), false))
-            l->b.ur.armed = 0;
+    if (!u->started) {      /* deferred: no SQE yet */
+        l->b.ur.armed = 0;
+        l->b.ur.deferred = 0;
         return;
     }
-    cancel_ud(p, u, UD_LISTENER(l));
+    cancel_ud(p, u, ud_listener(l));
     l->b.ur.cancel_sent = 1;
-}
-
-/* ---- wake-up ------------------------------------------------------------------ */
-
-static void ur_wake(goev_poller *p)
-{
-    uint64_t one = 1;
-    ssize_t rc = write(p->wake_fd, &one, sizeof one);
-    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
 }
 
 /* ---- completions ----------------------------------------------------------------- */
@@ -806,9 +951,9 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
     }
     if (flags & IORING_CQE_F_MORE)
         return;
-    c->b.ur.recv_armed = 0;
-    c->b.ur.cancel_sent = 0;
-    c->b.ur.inflight--;
+    UC(c)->recv_armed = 0;
+    UC(c)->cancel_sent = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -843,8 +988,9 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
     (void)p;
     size_t offered = c->out.inflight;
     c->out.inflight = 0;
-    c->b.ur.send_armed = 0;
-    c->b.ur.inflight--;
+    opmem_put(c);
+    UC(c)->send_armed = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -871,8 +1017,8 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
 
 static void on_writable(struct goev__conn *c, int res)
 {
-    c->b.ur.send_armed = 0;
-    c->b.ur.inflight--;
+    UC(c)->send_armed = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -889,16 +1035,16 @@ static void on_writable(struct goev__conn *c, int res)
 static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
-    c->b.ur.poll_armed = 0;
-    c->b.ur.poll_cancel = 0;
-    c->b.ur.inflight--;
+    UC(c)->poll_armed = 0;
+    UC(c)->poll_cancel = 0;
+    UC(c)->ops_out--;
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
     }
     if (res >= 0) {
         unsigned ev = ((res & POLLIN) ? GOEV_READ : 0) | ((res & POLLOUT) ? GOEV_WRITE : 0);
-        ev &= c->b.ur.poll_want;
+        ev &= UC(c)->poll_want;
         if (res & (POLLERR | POLLHUP | POLLNVAL))
             ev |= GOEV_ERROR;
         if (ev)
@@ -912,7 +1058,7 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
     }
     /* One-shot and re-armed after the callback: still ready means another
      * CQE at once, which is level-triggered behaviour. */
-    if (c->b.ur.poll_want && !c->b.ur.poll_armed) {
+    if (UC(c)->poll_want && !UC(c)->poll_armed) {
         int rc = arm_poll(c);
         if (rc < 0)
             goev__on_error(c, rc);
@@ -922,8 +1068,9 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
 static void on_connect(goev_poller *p, struct goev__conn *c, int res)
 {
     (void)p;
-    c->b.ur.connect_armed = 0;
-    c->b.ur.inflight--;
+    UC(c)->connect_armed = 0;
+    UC(c)->ops_out--;
+    opmem_put(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -982,7 +1129,7 @@ static void on_wake(goev_poller *p, struct ur *u, int res)
 static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
-    unsigned op = UD_OP(ud);
+    unsigned op = ud_op(ud);
     unsigned flags = cqe->flags;
     int res = cqe->res;
     if (!(flags & IORING_CQE_F_MORE))
@@ -994,14 +1141,13 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         on_wake(p, u, res);
         return;
     case OP_ACCEPT:
-        on_accept(p, u, (struct goev__listener *)(uintptr_t)((ud & 0x00ffffffffffffffull) << 3), res,
-                  flags);
+        on_accept(p, u, ud_to_listener(ud), res, flags);
         return;
     default:
         break;
     }
-    struct goev__conn *c = goev__slot_conn(p, (uint32_t)(ud >> 32) & 0xffffffu);
-    if (GOEV__UNLIKELY(!c || c->gen != (uint32_t)ud)) {
+    struct goev__conn *c = goev__slot_conn(p, ud_slot(ud));
+    if (GOEV__UNLIKELY(!c || c->gen != ud_gen(ud))) {
         /* Cannot happen while slots wait for every CQE; never touch it. */
         if (flags & IORING_CQE_F_BUFFER)
             give_back(u, flags >> IORING_CQE_BUFFER_SHIFT);
@@ -1013,9 +1159,9 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     case OP_CANCEL_RECV:
         /* EALREADY: the recv was running; it may go on, so ask again. */
-        if (res == -EALREADY && c->b.ur.recv_armed && c->b.ur.cancel_sent &&
+        if (res == -EALREADY && UC(c)->recv_armed && UC(c)->cancel_sent &&
             (c->flags & GOEV__C_NOREAD) && !(c->flags & GOEV__C_CLOSING)) {
-            c->b.ur.cancel_sent = 0;
+            UC(c)->cancel_sent = 0;
             ur_conn_pause(c);
         }
         break;
@@ -1071,6 +1217,7 @@ static int ur_wait(goev_poller *p, int timeout_ms)
 
 const struct goev__backend goev__uring_backend = {
     .name = "io_uring",
+    .conn_priv = sizeof(struct ur_conn),
     .probe = ur_probe,
     .poller_init = ur_poller_init,
     .thread_start = ur_thread_start,
@@ -1084,6 +1231,5 @@ const struct goev__backend goev__uring_backend = {
     .listen_start = ur_listen_start,
     .listen_stop = ur_listen_stop,
     .connect = ur_connect,
-    .wake = ur_wake,
     .wait = ur_wait,
 };

@@ -17,7 +17,7 @@ struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot)
 {
     if (slot >= p->nslots)
         return NULL;
-    struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
+    struct goev__conn *c = goev__chunk_slot(p, p->chunks[slot / GOEV__SLOT_CHUNK], slot % GOEV__SLOT_CHUNK);
     return c->h ? c : NULL;
 }
 
@@ -32,7 +32,7 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
         slot = p->nslots;
         uint32_t ci = slot / GOEV__SLOT_CHUNK;
         if (!p->chunks[ci]) {
-            struct goev__conn *chunk = goev__calloc(GOEV__SLOT_CHUNK, sizeof *chunk);
+            struct goev__conn *chunk = goev__calloc(GOEV__SLOT_CHUNK, p->slot_stride);
             uint32_t *fs = goev__realloc(p->free_slots, (size_t)(ci + 1) * GOEV__SLOT_CHUNK * sizeof *fs);
             if (!chunk || !fs) {
                 goev__free(chunk);
@@ -42,19 +42,19 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
             }
             p->free_slots = fs;
             for (uint32_t i = 0; i < GOEV__SLOT_CHUNK; i++)
-                chunk[i].gen = 1;
+                goev__chunk_slot(p, chunk, i)->gen = 1;
             __atomic_store_n(&p->chunks[ci], chunk, __ATOMIC_RELEASE);
             p->nchunks = ci + 1;
         }
         p->nslots++;
     }
-    struct goev__conn *c = &p->chunks[slot / GOEV__SLOT_CHUNK][slot % GOEV__SLOT_CHUNK];
+    struct goev__conn *c = goev__chunk_slot(p, p->chunks[slot / GOEV__SLOT_CHUNK], slot % GOEV__SLOT_CHUNK);
     /* A connection closed after it was marked dirty stays linked on the
      * flush list until the end of the pass: keep the link. */
     uint32_t dirty = c->flags & GOEV__C_DIRTY;
     struct goev__conn *dirty_next = c->dirty_next;
     memset((char *)c + offsetof(struct goev__conn, slot), 0,
-           sizeof *c - offsetof(struct goev__conn, slot));
+           p->slot_stride - offsetof(struct goev__conn, slot));    /* and the backend's part */
     c->flags = dirty;
     c->dirty_next = dirty_next;
     c->slot = slot;
@@ -91,8 +91,9 @@ void goev__slots_fini(goev_poller *p)
         if (!chunk)
             continue;
         for (uint32_t k = 0; k < GOEV__SLOT_CHUNK; k++) {
-            goev__free(chunk[k].in);
-            goev__outq_clear(&p->pool, &chunk[k].out);
+            struct goev__conn *c = goev__chunk_slot(p, chunk, k);
+            goev__free(c->in);
+            goev__outq_clear(&p->pool, &c->out);
         }
         goev__free(chunk);
         p->chunks[i] = NULL;
@@ -208,6 +209,11 @@ void goev__run_pending(goev_poller *p)
 
 void goev__on_released(struct goev__conn *c)
 {
+    if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
+        close(c->fd);
+        GOEV__STAT_INC(c->p, sys_other);
+    }
+    c->fd = -1;
     c->flags |= GOEV__C_RELEASED;
     push_pending(c);
 }
@@ -243,6 +249,20 @@ void goev__close_all(goev_poller *p, int reason)
         struct goev__conn *c = goev__slot_conn(p, s);
         if (c)
             goev__conn_close(c, reason);
+    }
+}
+
+/* The backend failed (its wait returns errors): nothing will come back
+ * from it, so every connection still closing is released by the core. */
+void goev__abandon_all(goev_poller *p)
+{
+    for (uint32_t s = 0; s < p->nslots; s++) {
+        struct goev__conn *c = goev__slot_conn(p, s);
+        if (!c || (c->flags & GOEV__C_RELEASED))
+            continue;
+        goev__conn_close(c, -ECANCELED);
+        if (!(c->flags & GOEV__C_RELEASED))
+            goev__on_released(c);
     }
 }
 

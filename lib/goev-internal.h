@@ -205,37 +205,58 @@ struct goev__conn {
     goev_handler ih;                /* internal handler of conn_timer (user = c) */
     unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
     uint32_t out_high, out_low;     /* output watermarks (UINT32_MAX: none) */
-    /* backend-private state */
-    union {
-        struct { uint32_t events; } ep;
-        struct {
-            uint16_t inflight;      /* ops whose CQE has not come back */
-            uint8_t recv_armed, send_armed, poll_armed, cancel_sent, close_sent;
-            uint8_t connect_armed, poll_cancel, released;
-            uint8_t poll_want, poll_mask;   /* watch: GOEV_READ|GOEV_WRITE */
-            union {
-                struct {
-                    struct iovec iov[8];    /* iovecs of the SENDMSG in flight */
-                    struct msghdr msg;
-                };
-                /* CONNECT target: must outlive the SQE, and no send can be
-                 * in flight before the connect completes. */
-                struct sockaddr_storage addr;
-            };
-        } ur;
-    } b;
+    /* The backend's own state (backend->conn_priv bytes) follows in the
+     * same slot: goev__conn_priv. */
 };
+
+/* Connection id (goev_conn_id): poller | slot | generation, from the top
+ * bit down.  The field widths set the limits: GOEV__MAX_POLLERS pollers per
+ * reactor, GOEV__MAX_SLOTS connections per poller.  A generation is never 0,
+ * so neither is an id. */
+#define GOEV__ID_POLLER_BITS 8
+#define GOEV__ID_SLOT_BITS 24
+#define GOEV__ID_GEN_BITS 32
+_Static_assert(GOEV__ID_POLLER_BITS + GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS == 64,
+               "goev_conn_id is 64 bits");
+#define GOEV__MAX_POLLERS ((1 << GOEV__ID_POLLER_BITS) - 1)
+#define GOEV__MAX_SLOTS (1u << GOEV__ID_SLOT_BITS)
 
 /* Connections live in per-poller chunks of slots so their addresses stay put;
  * the slot table is also the connection pool (freed slots are reused). */
 #define GOEV__SLOT_CHUNK 1024
-#define GOEV__MAX_SLOTS (1u << 24)
 
-/* conn id: 8 bits poller | 24 bits slot | 32 bits generation (never 0). */
 static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t gen)
 {
-    return ((uint64_t)poller << 56) | ((uint64_t)slot << 32) | gen;
+    return ((uint64_t)poller << (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS)) |
+           ((uint64_t)slot << GOEV__ID_GEN_BITS) | gen;
 }
+static inline uint32_t goev__id_poller(goev_conn_id id)
+{
+    return (uint32_t)(id >> (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS));
+}
+static inline uint32_t goev__id_slot(goev_conn_id id)
+{
+    return (uint32_t)(id >> GOEV__ID_GEN_BITS) & (GOEV__MAX_SLOTS - 1);
+}
+static inline uint32_t goev__id_gen(goev_conn_id id)
+{
+    return (uint32_t)id;
+}
+
+/* A slot is the core's struct goev__conn followed by the backend's
+ * conn_priv bytes (8-aligned); p->slot_stride is their sum. */
+#define GOEV__CONN_SIZE ((sizeof(struct goev__conn) + 7) & ~(size_t)7)
+static inline size_t goev__slot_stride(size_t conn_priv)
+{
+    return GOEV__CONN_SIZE + ((conn_priv + 7) & ~(size_t)7);
+}
+static inline void *goev__conn_priv(struct goev__conn *c)
+{
+    return (char *)c + GOEV__CONN_SIZE;
+}
+/* Slot i of a chunk of p's slot table. */
+static inline struct goev__conn *goev__chunk_slot(const goev_poller *p, struct goev__conn *chunk,
+                                                  uint32_t i);
 
 /* ---- listeners ----------------------------------------------------------- */
 
@@ -250,7 +271,7 @@ struct goev__listener {
     uint64_t retry_at;      /* back-off without a timer (no memory): resume then */
     union {
         struct { int registered; } ep;
-        struct { uint8_t armed, cancel_sent, want; } ur;
+        struct { uint8_t armed, cancel_sent, want, deferred; } ur;
     } b;
 };
 
@@ -281,14 +302,22 @@ struct goev__mq {
 
 struct goev__backend {
     const char *name;
-    /* Can this backend run here?  0, or a negative errno with a reason
-     * written to why.  Called once per reactor, on the creating thread. */
+    /* Bytes of backend state kept with every connection, right after the
+     * core's struct goev__conn (goev__conn_priv); zeroed when a slot is
+     * taken.  Keep it small: it is paid by every idle connection. */
+    size_t conn_priv;
+    /* Hooks marked "optional" may be NULL; the core checks.
+     *
+     * Optional.  Can this backend run here?  0, or a negative errno with a
+     * reason written to why.  Called once per reactor, on a fresh thread. */
     int (*probe)(char *why, size_t whylen);
     /* Set up / tear down one poller's instance.  init runs on the creating
-     * thread; thread_start on the poller's own thread before its loop. */
+     * thread; thread_start (optional) on the poller's own thread before its
+     * loop. */
     int (*poller_init)(goev_poller *p);
     int (*thread_start)(goev_poller *p);
-    /* On the poller thread, at stop, after every connection was released:
+    /* Optional.  On the poller thread, at stop, after every connection was
+     * released:
      * end the backend's own ops (wake-up read, accepts) and wait for their
      * completions, so that no kernel op outlives the poller's memory. */
     void (*thread_stop)(goev_poller *p);
@@ -299,8 +328,8 @@ struct goev__backend {
     void (*conn_pause)(struct goev__conn *c);
     /* Push c's output queue to the kernel (end of pass, c is dirty). */
     void (*flush)(struct goev__conn *c);
-    /* Begin tearing c down: stop every op; when none is left, close the fd
-     * (unless KEEP_FD) and call goev__on_released(c). */
+    /* Begin tearing c down: stop every op; when none is left, call
+     * goev__on_released(c), which closes the fd (unless KEEP_FD). */
     void (*conn_close)(struct goev__conn *c);
     /* Raw watch: set the wanted events (0 = none). */
     int (*watch)(struct goev__conn *c, unsigned events);
@@ -310,8 +339,6 @@ struct goev__backend {
     /* Start a non-blocking connect of c->fd (already a non-blocking socket)
      * to sa; the outcome comes as goev__on_connected. */
     int (*connect)(struct goev__conn *c, const struct sockaddr *sa, socklen_t len);
-    /* Wake p from another thread (async-signal-safe). */
-    void (*wake)(goev_poller *p);
     /* Wait for events up to timeout_ms (-1 = forever, 0 = poll) and
      * dispatch them through goev__on_*.  Submits pending work in the same
      * call where the backend allows it.  Returns 0 or a negative errno. */
@@ -333,8 +360,9 @@ struct goev_poller {
     uint64_t now_ms;
     struct goev__heap timers;
     struct goev__pool pool;
-    /* slot table */
+    /* slot table: chunks of GOEV__SLOT_CHUNK slots of slot_stride bytes */
     struct goev__conn **chunks;
+    size_t slot_stride;
     uint32_t nchunks, nslots;
     uint32_t *free_slots;
     uint32_t nfree;
@@ -347,9 +375,6 @@ struct goev_poller {
     int sleeping;               /* atomic: 1 while blocked in wait */
     /* backend instance */
     void *bd;
-    char *rbuf;                 /* epoll: shared read buffer */
-    size_t rbuf_size;
-    unsigned rbufs;             /* io_uring: provided buffer count */
     void *local[GOEV_LOCAL_SLOTS];
     uint32_t out_high, out_low;     /* the reactor's watermarks, for new connections */
     struct goev__listener *listeners;
@@ -373,6 +398,12 @@ struct goev_reactor {
     int started_async;
 };
 
+static inline struct goev__conn *goev__chunk_slot(const goev_poller *p, struct goev__conn *chunk,
+                                                  uint32_t i)
+{
+    return (struct goev__conn *)(void *)((char *)chunk + (size_t)i * p->slot_stride);
+}
+
 /* ---- core entry points for backends ------------------------------------- */
 
 /* Bytes read for c (a stream): delivered to on_read with the kept tail. */
@@ -389,13 +420,15 @@ GOEV__HIDDEN void goev__on_sent(struct goev__conn *c, size_t n, bool blocked);
 GOEV__HIDDEN void goev__on_connected(struct goev__conn *c, int err);
 /* Raw watch ready. */
 GOEV__HIDDEN void goev__on_ready(struct goev__conn *c, unsigned events);
-/* The backend is done with c (no op in flight, fd closed). */
+/* The backend is done with c (no op in flight): the core closes the fd
+ * (unless KEEP_FD) and calls on_close at the end of the pass. */
 GOEV__HIDDEN void goev__on_released(struct goev__conn *c);
 /* Listener l accepted fd (>= 0), or failed with err (< 0). */
 GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
 GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
-/* (A wake-up needs no entry point: the backend resets the eventfd, the wait
- * ends, and the loop drains the cross-thread queue on every pass.) */
+/* (A wake-up needs no entry point: the core writes p->wake_fd, the backend
+ * watches it and resets it, the wait ends, and the loop drains the
+ * cross-thread queue on every pass.) */
 
 /* Hand an accepted fd to poller p's thread (acceptor.c decides when). */
 GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
@@ -407,6 +440,7 @@ GOEV__HIDDEN void goev__handoff(goev_poller *p, goev_acceptor *a, int fd);
 GOEV__HIDDEN void goev__run_pending(goev_poller *p);
 GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);
 GOEV__HIDDEN void goev__close_all(goev_poller *p, int reason);
+GOEV__HIDDEN void goev__abandon_all(goev_poller *p);
 GOEV__HIDDEN void goev__slots_fini(goev_poller *p);
 GOEV__HIDDEN void goev__run_timers(goev_poller *p);
 GOEV__HIDDEN int goev__timer_arm(goev_poller *p, goev_handler *ih, goev_timer *t, uint64_t delay_ms);

@@ -110,7 +110,7 @@ struct probe_run {
 static void *probe_main(void *arg)
 {
     struct probe_run *pr = arg;
-    pr->rc = pr->be->probe(pr->why, pr->len);
+    pr->rc = pr->be->probe ? pr->be->probe(pr->why, pr->len) : 0;
     return NULL;
 }
 
@@ -191,8 +191,7 @@ static int poller_init(goev_reactor *r, goev_poller *p, int idx)
     p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->wake_fd < 0)
         return -errno;
-    p->rbuf_size = o->read_buf_size;
-    p->rbufs = o->read_bufs ? o->read_bufs : 1024;
+    p->slot_stride = goev__slot_stride(p->be->conn_priv);
     return p->be->poller_init(p);
 }
 
@@ -241,7 +240,7 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
         o = *opts;
     else
         goev_reactor_opts_init(&o);
-    if (o.pollers < 0 || o.pollers > 255 || (o.read_bufs & (o.read_bufs - 1)) ||
+    if (o.pollers < 0 || o.pollers > GOEV__MAX_POLLERS || (o.read_bufs & (o.read_bufs - 1)) ||
         o.read_bufs > 32768 || (o.read_buf_size && o.read_buf_size < 512)) {
         set_error("goev_reactor_new: bad option (pollers 0..255, read_bufs a power of "
                   "two <= 32768, read_buf_size >= 512)%s%s", "", "");
@@ -249,7 +248,7 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
     }
     if (o.pollers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o.pollers = n > 0 ? (n > 255 ? 255 : (int)n) : 1;
+        o.pollers = n > 0 ? (n > GOEV__MAX_POLLERS ? GOEV__MAX_POLLERS : (int)n) : 1;
     }
     if (!o.max_input)
         o.max_input = 16u << 20;
@@ -334,6 +333,15 @@ static bool mq_nonempty(goev_poller *p)
  * publishes `sleeping` before its last look at the queue (both seq_cst).
  * Once the poller's stop is over nobody would ever take m: -ESHUTDOWN, and
  * m stays the caller's. */
+/* Wake p from another thread (async-signal-safe): the backend keeps a read
+ * of p->wake_fd armed, which ends its wait. */
+static void poller_wake(goev_poller *p)
+{
+    uint64_t one = 1;
+    ssize_t rc = write(p->wake_fd, &one, sizeof one);
+    (void)rc;   /* EAGAIN: the counter is already non-zero, the wake is due */
+}
+
 static int mq_push(goev_poller *p, struct goev__msg *m)
 {
     m->next = NULL;
@@ -350,7 +358,7 @@ static int mq_push(goev_poller *p, struct goev__msg *m)
     p->mq.tailp = &m->next;
     pthread_mutex_unlock(&p->mq.mu);
     if (was_empty && __atomic_load_n(&p->sleeping, __ATOMIC_SEQ_CST))
-        p->be->wake(p);
+        poller_wake(p);
     return 0;
 }
 
@@ -377,9 +385,8 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
             break;
         case GOEV__M_WRITE:
         case GOEV__M_CLOSE: {
-            uint32_t slot = (uint32_t)(m->u.write.id >> 32) & 0xffffffu;
-            struct goev__conn *c = goev__slot_conn(p, slot);
-            if (stopping || !c || c->gen != (uint32_t)m->u.write.id || c->kind != GOEV__K_STREAM)
+            struct goev__conn *c = goev__slot_conn(p, goev__id_slot(m->u.write.id));
+            if (stopping || !c || c->gen != goev__id_gen(m->u.write.id) || c->kind != GOEV__K_STREAM)
                 GOEV__STAT_INC(p, async_dropped);
             else if (m->kind == GOEV__M_CLOSE)
                 goev_close(c->h);
@@ -437,15 +444,15 @@ int goev_broadcast(goev_reactor *r, goev_post_fn fn, void *arg)
 /* Queue an async write (kind WRITE) or close (kind CLOSE) for id. */
 static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void *data, size_t len)
 {
-    uint32_t pi = (uint32_t)(id >> 56), slot = (uint32_t)(id >> 32) & 0xffffffu;
-    uint32_t gen = (uint32_t)id;
+    uint32_t pi = goev__id_poller(id), slot = goev__id_slot(id), gen = goev__id_gen(id);
     if (!r || !gen || pi >= (uint32_t)r->npollers || (!data && len))
         return -EINVAL;
     goev_poller *p = &r->pollers[pi];
     /* Early answer for a connection already gone; a close that races with
      * this call is caught again on the poller, which checks the generation. */
     struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
-    if (!chunk || __atomic_load_n(&chunk[slot % GOEV__SLOT_CHUNK].gen, __ATOMIC_RELAXED) != gen)
+    if (!chunk ||
+        __atomic_load_n(&goev__chunk_slot(p, chunk, slot % GOEV__SLOT_CHUNK)->gen, __ATOMIC_RELAXED) != gen)
         return -ENOTCONN;
     struct goev__msg *m = goev__malloc(sizeof *m + len);
     if (!m)
@@ -580,9 +587,13 @@ static void poller_shutdown(goev_poller *p)
                 break;
             int rc = p->failed ? -EIO : p->be->wait(p, 10);
             if (rc < 0 && rc != -EINTR) {
-                /* The backend is dead: what it still holds is dropped when
-                 * its instance is torn down (poller_fini). */
-                break;
+                /* The backend is dead and will release nothing more: let
+                 * go of its connections here (fds closed, on_close called);
+                 * what the kernel still holds goes with the instance
+                 * (poller_fini). */
+                p->failed = 1;
+                goev__abandon_all(p);
+                goev__run_pending(p);
             }
         }
         if (closed)
@@ -599,7 +610,8 @@ static void poller_shutdown(goev_poller *p)
         mq_run(p, m, true);
     }
     goev__run_pending(p);
-    p->be->thread_stop(p);
+    if (p->be->thread_stop)
+        p->be->thread_stop(p);
     /* thread_stop reaps the last completions: what they released still gets
      * its on_close. */
     goev__run_pending(p);
@@ -660,7 +672,7 @@ static void *poller_main(void *arg)
     sigpipe_block(&guard);
     tls_poller = p;
     pin(p);
-    int rc = p->be->thread_start(p);
+    int rc = p->be->thread_start ? p->be->thread_start(p) : 0;
     if (rc < 0) {
         poller_failed(p, rc, "thread start");
     } else {
@@ -741,7 +753,7 @@ int goev_reactor_stop(goev_reactor *r)
         return -EINVAL;
     __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < r->npollers; i++)
-        r->be->wake(&r->pollers[i]);
+        poller_wake(&r->pollers[i]);
     return 0;
 }
 
@@ -757,7 +769,7 @@ static void *shutdown_unrun(void *arg)
     for (int i = 0; i < r->npollers; i++) {
         goev_poller *p = &r->pollers[i];
         tls_poller = p;
-        if (p->be->thread_start(p) == 0)
+        if (!p->be->thread_start || p->be->thread_start(p) == 0)
             poller_shutdown(p);
     }
     tls_poller = saved;

@@ -181,9 +181,21 @@ Test(backend, seccomp_explicit_io_uring_fails, .timeout = TU_TIMEOUT)
  * io_uring_enter fail with EIO on that poller's thread only) stops the
  * whole reactor, and run / wait return its error.  It used to end its own
  * loop silently while the others went on. */
+struct broken {
+    int ok;
+    int peer;               /* the test's end of a connection on that poller */
+    struct pair_h conn;
+};
+
 static void break_this_poller(goev_poller *p, void *arg)
 {
-    int *ok = arg;
+    struct broken *b = arg;
+    int *ok = &b->ok;
+    int sv[2];
+    TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    goev_handler_init(&b->conn.h, &pair_ops);
+    TU_CHECK(goev_conn_open(p, &b->conn.h, sv[1]) == 0, "goev_conn_open");
+    b->peer = sv[0];
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
     int rc = ctx ? 0 : -ENOMEM;
     static const int calls[] = {SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),
@@ -199,29 +211,38 @@ static void break_this_poller(goev_poller *p, void *arg)
 
 Test(backend, failed_poller_stops_reactor_start_wait, .timeout = TU_TIMEOUT)
 {
+    int fds = tu_fd_count();
     goev_reactor *r = tu_reactor_new(2);
-    int ok = 0;
+    struct broken b = {0};
     tu_reactor_start(r);
-    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &ok), 0);
+    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &b), 0);
     /* No goev_reactor_stop: the failure must stop it. */
     uint64_t t0 = tu_now_ms();
     int rc = goev_reactor_wait(r);
-    cr_assert(TU_LOAD(&ok), "filter not installed");
+    cr_assert(TU_LOAD(&b.ok), "filter not installed");
     cr_assert_eq(rc, -EIO, "goev_reactor_wait after a poller's wait failed: %d", rc);
     cr_assert(tu_now_ms() - t0 < 5000, "stopping took %llu ms",
               (unsigned long long)(tu_now_ms() - t0));
+    /* The failed poller's connection was still let go of properly. */
+    cr_assert_eq(b.conn.closes, 1, "connection of the failed poller: %d on_close", b.conn.closes);
+    char c;
+    cr_assert_eq(read(b.peer, &c, 1), 0, "the failed poller's socket was not closed");
+    close(b.peer);
     goev_reactor_free(r);
     tu_assert_no_failures();
+    tu_assert_fds(fds);
 }
 
 Test(backend, failed_poller_stops_reactor_run, .timeout = TU_TIMEOUT)
 {
     goev_reactor *r = tu_reactor_new(2);
-    int ok = 0;
+    struct broken b = {0};
     /* Posted before run: runs on poller 1's thread at its first pass. */
-    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &ok), 0);
+    cr_assert_eq(goev_post(goev_reactor_poller(r, 1), break_this_poller, &b), 0);
     int rc = goev_reactor_run(r);
-    cr_assert(TU_LOAD(&ok), "filter not installed");
+    cr_assert(TU_LOAD(&b.ok), "filter not installed");
+    cr_assert_eq(b.conn.closes, 1);
+    close(b.peer);
     cr_assert_eq(rc, -EIO, "goev_reactor_run after a poller's wait failed: %d", rc);
     goev_reactor_free(r);
     tu_assert_no_failures();

@@ -266,13 +266,18 @@ Test(timers, restart, .timeout = TU_TIMEOUT)
     tu_reactor_start(r);
     struct th *x = th_new(r);
     x->n = 1;
-    x->delay[0] = 100;
+    x->delay[0] = 300;
     tu_run_on(x->p, schedule_all, x);
     tu_sleep_ms(40);
-    /* Later: it must not fire at the first deadline. */
-    struct restart q = {.x = x, .i = 0, .delay = 300};
+    /* Later: it must not fire at the first deadline (wide margins: the
+     * restart must reach the poller before the old deadline even on a
+     * loaded machine). */
+    struct restart q = {.x = x, .i = 0, .delay = 600};
+    uint64_t t_restart = tu_now_ms();
     tu_run_on(x->p, do_restart, &q);
-    tu_sleep_ms(150);
+    cr_assert(tu_now_ms() - t_restart < 250, "the restart took %llu ms to run",
+              (unsigned long long)(tu_now_ms() - t_restart));
+    tu_sleep_ms(350);
     cr_assert_eq(TU_LOAD(&x->fired[0]), 0, "fired at the deadline it was moved away from");
     cr_assert(TU_WAIT_FOR(TU_LOAD(&x->fired[0]) == 1, 3000), "restarted timer never fired");
     /* Earlier: a timer due in 10 s restarted to 20 ms fires once, soon. */
