@@ -150,9 +150,9 @@ GOEV_EXTERN int goev_reactor_new(goev_reactor **out, const struct goev_reactor_o
  * wait on the kernel (epoll_wait, io_uring_enter) returns an error other
  * than EINTR, or its thread cannot set up - the whole reactor stops as if
  * goev_reactor_stop had been called, and that error is returned (with
- * GOEV_DEBUG, one line on stderr says which poller and why); connections of
- * the failed poller whose close needs the dead backend are dropped when
- * the reactor is freed.  Returns 0 after a goev_reactor_stop, -EALREADY if
+ * GOEV_DEBUG, one line on stderr says which poller and why); the failed
+ * poller's connections are closed as at any stop (their fds closed by goev
+ * itself, on_close with -ECANCELED), output still queued is lost.  Returns 0 after a goev_reactor_stop, -EALREADY if
  * the reactor already ran, the first poller's error (negative errno), or a
  * negative errno if a thread could not start.  Call once, from the
  * creating thread. */
