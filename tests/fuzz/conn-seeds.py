@@ -7,13 +7,15 @@ An input is two header bytes and a program (see fuzz_conn.c):
         bits 4-5 goev's SO_SNDBUF (default, 2048, 8192, 65536),
         bits 6-7 on_open: nothing, write 100 bytes, pause, fail.
   hdr1: bits 0-1 the peer's SO_SNDBUF, bits 2-5 the first read mode.
+An operation byte is (connection << 7) | op; connection 1 starts with OPEN.
 Run it from tests/fuzz/ to regenerate them."""
 import os
 import struct
 
 (PASS, PEER_WRITE, PEER_READ, PEER_SHUT_WR, PEER_SHUT_RD, PEER_CLOSE, PEER_RESET, WRITE,
  PAUSE, RESUME, SHUTDOWN, CLOSE, ABORT, TIMER, CANCEL, READ_MODE, EOF_MODE, TIMEOUT_MODE,
- DRAINED_MODE, BIG_WRITE, PASSES) = range(21)
+ DRAINED_MODE, BIG_WRITE, PASSES, OPEN) = range(22)
+C1 = 0x80   # or-ed into an operation: on connection 1
 RM_ALL, RM_SOME, RM_NONE, RM_ERROR, RM_ECHO, RM_PAUSE, RM_CLOSE, RM_OVER, RM_ABORT, RM_SHUT = range(10)
 EM_KEEP, EM_ERROR, EM_CLOSE, EM_WRITE_SHUT = range(4)
 TM_NOTHING, TM_ERROR, TM_WRITE, TM_CLOSE, TM_REARM, TM_PAUSE, TM_RESUME = range(7)
@@ -108,6 +110,17 @@ seeds = {
     'drained-error': (EOF_CB | DRAINED_CB | sndbuf(1), 0,
                       [DRAINED_MODE, DM_ERROR, BIG_WRITE, BIG_WRITE, PASS] + pr(65535) +
                       [PASS, PASS]),
+    'two-conns': (EOF_CB | DRAINED_CB, 0,
+                  [OPEN | C1] + pw(100) + [PEER_WRITE | C1] + u16(200) + [PASS] +
+                  [WRITE | C1] + u16(300) + w(100) + [PASS, PEER_READ | C1] + u16(4000) +
+                  [CLOSE | C1, PASS]),
+    'reopen-slot': (EOF_CB | sndbuf(1), 0,
+                    [OPEN | C1] + w(100) + [PAUSE | C1, WRITE | C1] + u16(100) +
+                    [ABORT | C1, OPEN | C1, PASS, WRITE | C1] + u16(50) + [PASS] + pr(200) +
+                    [PEER_READ | C1] + u16(200) + [PASS]),
+    'reopen-after-close': (EOF_CB, 0,
+                           w(10) + [CLOSE, PASS, PASS, OPEN] + pw(10) + [PASS] + w(20) +
+                           [PASS] + pr(100)),
 }
 
 os.makedirs('conn', exist_ok=True)

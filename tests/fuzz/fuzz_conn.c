@@ -1,13 +1,16 @@
 /* fuzz_conn.c - libFuzzer target for a connection's state machine.
  *
  * Each input is a short program: two header bytes choose the set-up (unix
- * socketpair or TCP loopback pair, which callbacks the handler has, socket
+ * socketpair or TCP loopback pairs, which callbacks the handlers have, socket
  * buffer sizes, what on_open does, which of two reactors), then every byte
- * is an operation, some with arguments: the peer (the fuzzer's end of the
- * socket) writes, reads, shuts down, closes or resets; the application
- * (goev's end, adopted with goev_conn_open) writes, pauses and resumes
- * reading, shuts down, closes, aborts, starts and cancels timers, changes
- * what its callbacks do; or the loop runs a pass.
+ * is an operation on one of two connections (the top bit says which), some
+ * with arguments: the peer (the fuzzer's end of the socket) writes, reads,
+ * shuts down, closes or resets; the application (goev's end, adopted with
+ * goev_conn_open) writes, pauses and resumes reading, shuts down, closes,
+ * aborts, starts and cancels timers, changes what its callbacks do; the
+ * connection is opened (connection 0 is at the start; one that has closed
+ * starts a new life, on a fresh socket pair, usually in the slot its last
+ * life freed); or the loop runs a pass.
  *
  * The program runs on the poller's thread of a reactor that lives for the
  * whole process (goev_reactor_start): the fuzzer thread posts it and waits.
@@ -68,9 +71,9 @@
 #define MAX_OUT_BYTES (192u << 10)      /* goev_write accepts at most this */
 #define MAX_CALLBACKS 4000
 #define NTIMERS 3
-#define EPILOGUE_MS 2000                /* a phase of the epilogue that takes longer fails */
+#define EPILOGUE_MS 5000                /* a phase of the epilogue that takes longer fails */
 
-static struct fz *cur;   /* for the failure message */
+static struct run *cur;  /* for the failure message */
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -142,25 +145,23 @@ enum { DM_NOTHING, DM_RESUME, DM_WRITE, DM_ERROR, DM_N };
 
 enum phase { PH_OPS, PH_DRAIN_IN, PH_CLOSE, PH_DONE };
 
+struct run;
+
+/* One connection of the input (a new life each time OP_OPEN reopens it). */
 struct fz {
     goev_handler h;
     goev_timer t[NTIMERS];
     int armed[NTIMERS], periodic[NTIMERS];
-
-    const uint8_t *prog;
-    size_t len, pos;
-    unsigned nops;
-    unsigned extra_passes;
-    goev_poller *p;
-    uint8_t hdr0, hdr1;
-    int tcp, uring;
+    struct run *g;
+    int idx;
+    unsigned life;                  /* 0: never opened */
 
     int peer;                       /* -1 once closed */
     bool peer_shut_wr, peer_shut_rd, peer_closed, peer_eof, peer_err;
     uint64_t in_written, in_consumed, in_presented;
     uint64_t out_accepted, out_read;
 
-    bool opened, closed, eof_seen;
+    bool opened, closed, eof_seen, ended;   /* ended: on_close checked */
     int close_reason;
     bool close_asked;               /* goev_close/abort called, or a callback closed */
     bool shut_asked;
@@ -168,10 +169,24 @@ struct fz {
     unsigned callbacks;
 
     int read_mode, read_arg, eof_mode, timeout_mode, drained_mode;
+    bool drain_started;
+};
+
+#define NCONNS 2
+
+/* The input: its program and its connections. */
+struct run {
+    const uint8_t *prog;
+    size_t len, pos;
+    unsigned nops;
+    unsigned extra_passes;
+    goev_poller *p;
+    uint8_t hdr0, hdr1;
+    int tcp, uring;
+    struct fz c[NCONNS];
 
     enum phase phase;
     uint64_t phase_start;
-    bool drain_started;
 
     /* completion, for the fuzzer thread */
     pthread_mutex_t mu;
@@ -194,27 +209,32 @@ static void fail(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-    struct fz *f = cur;
-    if (f)
+    struct run *g = cur;
+    for (int i = 0; g && i < NCONNS; i++) {
+        struct fz *f = &g->c[i];
+        if (!f->life)
+            continue;
         fprintf(stderr,
-                "  op %u/%zu phase %d tcp %d: peer fd %d shut_wr %d shut_rd %d closed %d eof %d err %d; "
-                "in written %llu presented %llu consumed %llu; out accepted %llu read %llu; "
-                "opened %d closed %d reason %d close_asked %d shut_asked %d paused %d\n",
-                f->nops, f->pos, (int)f->phase, f->tcp, f->peer, f->peer_shut_wr,
+                "  conn %d life %u (op %u/%zu phase %d tcp %d): peer fd %d shut_wr %d shut_rd %d "
+                "closed %d eof %d err %d; in written %llu presented %llu consumed %llu; "
+                "out accepted %llu read %llu; opened %d closed %d reason %d close_asked %d "
+                "shut_asked %d paused %d\n",
+                i, f->life, g->nops, g->pos, (int)g->phase, g->tcp, f->peer, f->peer_shut_wr,
                 f->peer_shut_rd, f->peer_closed, f->peer_eof, f->peer_err,
                 (unsigned long long)f->in_written, (unsigned long long)f->in_presented,
                 (unsigned long long)f->in_consumed, (unsigned long long)f->out_accepted,
                 (unsigned long long)f->out_read, f->opened, f->closed, f->close_reason,
                 f->close_asked, f->shut_asked, f->paused);
+    }
     abort();
 }
 
-static unsigned get8(struct fz *f)
+static unsigned get8(struct run *f)
 {
     return f->pos < f->len ? f->prog[f->pos++] : 0;
 }
 
-static unsigned get16(struct fz *f)
+static unsigned get16(struct run *f)
 {
     unsigned a = get8(f);
     return a | get8(f) << 8;
@@ -235,7 +255,7 @@ static void check_pending(struct fz *f)
     size_t pend = goev_pending(&f->h);
     /* io_uring: a SEND can complete (and the peer read its bytes) before
      * the poller reaps its completion; until then the bytes still count. */
-    uint64_t unread = f->uring ? f->out_accepted : f->out_accepted - f->out_read;
+    uint64_t unread = f->g->uring ? f->out_accepted : f->out_accepted - f->out_read;
     CHECK(pend <= unread, "goev_pending %zu > %llu unread by the peer",
           pend, (unsigned long long)(f->out_accepted - f->out_read));
 }
@@ -304,7 +324,7 @@ static void app_timer(struct fz *f, unsigned i, unsigned delay, unsigned period)
 {
     if (f->closed)      /* a new timer would attach the finished handler again */
         return;
-    int rc = goev_timer_start(f->p, &f->h, &f->t[i], delay, period);
+    int rc = goev_timer_start(f->g->p, &f->h, &f->t[i], delay, period);
     if (f->close_asked)
         CHECK(rc == -EINVAL, "goev_timer_start on a closing handler: %d", rc);
     CHECK(rc == 0 || rc == -EINVAL, "goev_timer_start: %d", rc);
@@ -333,7 +353,7 @@ static int on_open(goev_handler *h)
     cb_enter(f, "on_open");
     CHECK(!f->opened, "on_open twice");
     f->opened = true;
-    switch (f->hdr0 >> 6) {
+    switch (f->g->hdr0 >> 6) {
     case 1:
         app_write(f, 100);
         break;
@@ -570,7 +590,7 @@ static void peer_close(struct fz *f, bool reset)
 {
     if (f->peer < 0)
         return;
-    if (reset && f->tcp) {
+    if (reset && f->g->tcp) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(f->peer, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
@@ -585,42 +605,126 @@ enum {
     OP_PASS, OP_PEER_WRITE, OP_PEER_READ, OP_PEER_SHUT_WR, OP_PEER_SHUT_RD, OP_PEER_CLOSE,
     OP_PEER_RESET, OP_WRITE, OP_PAUSE, OP_RESUME, OP_SHUTDOWN, OP_CLOSE, OP_ABORT,
     OP_TIMER, OP_CANCEL, OP_READ_MODE, OP_EOF_MODE, OP_TIMEOUT_MODE, OP_DRAINED_MODE,
-    OP_BIG_WRITE, OP_PASSES, OP_N
+    OP_BIG_WRITE, OP_PASSES, OP_OPEN, OP_N
 };
 
 static void step(goev_poller *p, void *arg);
 
-static void next_pass(struct fz *f)
+static void next_pass(struct run *g)
 {
-    int rc = goev_post(f->p, step, f);
+    int rc = goev_post(g->p, step, g);
     CHECK(rc == 0, "goev_post: %d", rc);
 }
 
-static void finish_input(struct fz *f)
+static void finish_input(struct run *g)
 {
-    pthread_mutex_lock(&f->mu);
-    f->done = 1;
-    pthread_cond_signal(&f->cv);
-    pthread_mutex_unlock(&f->mu);
+    pthread_mutex_lock(&g->mu);
+    g->done = 1;
+    pthread_cond_signal(&g->cv);
+    pthread_mutex_unlock(&g->mu);
 }
 
-/* Run operations until a pass is due; false when the program is over. */
-static bool run_ops(struct fz *f)
+static void make_pair(int tcp, int sv[2]);
+
+/* A new life for connection f: a fresh socket pair, adopted by goev. */
+static void conn_open(struct run *g, struct fz *f)
 {
-    while (f->pos < f->len && f->nops < MAX_OPS) {
-        f->nops++;
-        unsigned op = get8(f) % OP_N;
+    int sv[2];
+    make_pair(g->tcp, sv);
+    static const int bufs[4] = {0, 2048, 8192, 65536};
+    int gb = bufs[(g->hdr0 >> 4) & 3], pb = bufs[g->hdr1 & 3];
+    if (gb)
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &gb, sizeof gb);
+    if (pb)
+        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &pb, sizeof pb);
+    unsigned life = f->life;
+    int idx = f->idx;
+    memset(f, 0, sizeof *f);
+    f->g = g;
+    f->idx = idx;
+    f->life = life + 1;
+    f->peer = sv[1];
+    f->read_mode = (int)((g->hdr1 >> 2) % RM_N);
+    f->read_arg = 1 + (g->hdr1 >> 4) * 7;
+    goev_handler_init(&f->h, &ops_variants[g->hdr0 & 3]);
+    for (unsigned i = 0; i < NTIMERS; i++)
+        goev_timer_init(&f->t[i]);
+    int rc = goev_conn_open(g->p, &f->h, sv[0]);
+    CHECK(rc == 0, "goev_conn_open: %d", rc);
+    CHECK(f->opened, "no on_open during goev_conn_open");
+}
+
+/* After on_close: the socket is closed, so the peer sees the end at once
+ * (after what is still in its buffer); and a normal close delivered all. */
+static void life_end(struct fz *f)
+{
+    CHECK(f->closed, "life_end before on_close");
+    if (f->peer >= 0) {
+        for (int tries = 0; !f->peer_eof && !f->peer_err; tries++) {
+            if (peer_read(f, 65536) < 0 && errno == EAGAIN) {
+                CHECK(tries < 100, "the peer sees neither EOF nor an error after on_close");
+                struct pollfd pfd = {.fd = f->peer, .events = POLLIN};
+                poll(&pfd, 1, 10);
+            }
+        }
+    }
+    /* TCP: closing a socket with unread input sends a RST, which discards
+     * what the kernel still had to send; so only when goev read all. */
+    if (f->close_reason == 0 && !f->peer_shut_rd && !f->peer_closed &&
+        (!f->g->tcp || f->in_presented == f->in_written))
+        CHECK(f->out_read == f->out_accepted,
+              "closed normally, but the peer got %llu of the %llu bytes goev_write accepted",
+              (unsigned long long)f->out_read, (unsigned long long)f->out_accepted);
+    peer_close(f, false);
+    f->ended = true;
+}
+
+/* Run operations until a pass is due; false when the program is over.  An
+ * operation byte is (connection << 7) | op. */
+static bool run_ops(struct run *g)
+{
+    while (g->pos < g->len && g->nops < MAX_OPS) {
+        g->nops++;
+        unsigned b = get8(g);
+        unsigned op = (b & 0x7f) % OP_N;
+        struct fz *f = &g->c[b >> 7];
+        if (op == OP_PASS)
+            return true;
+        if (op == OP_PASSES) {  /* a few passes in a row: time for timers */
+            g->extra_passes = get8(g) % 8;
+            return true;
+        }
+        if (op == OP_OPEN) {
+            if (f->life && f->closed && !f->ended)
+                life_end(f);
+            if (!f->life || f->ended)
+                conn_open(g, f);
+            continue;
+        }
+        /* Arguments are taken even for a connection not opened yet, so that
+         * the program reads the same either way. */
+        unsigned a1 = 0, a2 = 0;
         switch (op) {
-        case OP_PASS:
-            return true;
-        case OP_PASSES:         /* a few passes in a row: time for timers */
-            f->extra_passes = get8(f) % 8;
-            return true;
+        case OP_PEER_WRITE: case OP_PEER_READ: case OP_WRITE:
+            a1 = get16(g);
+            break;
+        case OP_TIMER: case OP_CANCEL: case OP_EOF_MODE: case OP_TIMEOUT_MODE:
+        case OP_DRAINED_MODE:
+            a1 = get8(g);
+            break;
+        case OP_READ_MODE:
+            a1 = get8(g);
+            a2 = get8(g);
+            break;
+        }
+        if (!f->life)
+            continue;
+        switch (op) {
         case OP_PEER_WRITE:
-            peer_write(f, 1 + get16(f) % 8192);
+            peer_write(f, 1 + a1 % 8192);
             break;
         case OP_PEER_READ:
-            peer_read(f, 1 + get16(f));
+            peer_read(f, 1 + a1);
             break;
         case OP_PEER_SHUT_WR:
             if (f->peer >= 0 && !f->peer_shut_wr) {
@@ -641,7 +745,7 @@ static bool run_ops(struct fz *f)
             peer_close(f, true);
             break;
         case OP_WRITE:
-            app_write(f, 1 + get16(f) % 4096);
+            app_write(f, 1 + a1 % 4096);
             break;
         case OP_BIG_WRITE:
             app_write(f, 16384);
@@ -661,28 +765,25 @@ static bool run_ops(struct fz *f)
         case OP_ABORT:
             app_close(f, true);
             break;
-        case OP_TIMER: {
-            unsigned a = get8(f);
-            app_timer(f, (a & 3) % NTIMERS, (a >> 2) % 3, (a >> 4) % 4 == 3 ? 1 + (a >> 6) % 2 : 0);
+        case OP_TIMER:
+            app_timer(f, (a1 & 3) % NTIMERS, (a1 >> 2) % 3,
+                      (a1 >> 4) % 4 == 3 ? 1 + (a1 >> 6) % 2 : 0);
             break;
-        }
         case OP_CANCEL:
-            app_cancel(f, get8(f) % NTIMERS);
+            app_cancel(f, a1 % NTIMERS);
             break;
-        case OP_READ_MODE: {
-            unsigned a = get8(f);
-            f->read_mode = (int)(a % RM_N);
-            f->read_arg = (int)get8(f);
+        case OP_READ_MODE:
+            f->read_mode = (int)(a1 % RM_N);
+            f->read_arg = (int)a2;
             break;
-        }
         case OP_EOF_MODE:
-            f->eof_mode = (int)(get8(f) % EM_N);
+            f->eof_mode = (int)(a1 % EM_N);
             break;
         case OP_TIMEOUT_MODE:
-            f->timeout_mode = (int)(get8(f) % TM_N);
+            f->timeout_mode = (int)(a1 % TM_N);
             break;
         case OP_DRAINED_MODE:
-            f->drained_mode = (int)(get8(f) % DM_N);
+            f->drained_mode = (int)(a1 % DM_N);
             break;
         }
         check_pending(f);
@@ -690,85 +791,97 @@ static bool run_ops(struct fz *f)
     return false;
 }
 
-static void enter_phase(struct fz *f, enum phase ph)
+static void enter_phase(struct run *g, enum phase ph)
 {
-    f->phase = ph;
-    f->phase_start = now_ms();
+    g->phase = ph;
+    g->phase_start = now_ms();
 }
 
-/* The epilogue, one pass at a time. */
-static bool epilogue(struct fz *f)
+/* Still to be finished by the epilogue. */
+static bool open_life(const struct fz *f)
 {
-    switch (f->phase) {
+    return f->life && !f->ended;
+}
+
+/* The epilogue, one pass at a time, for every connection at once. */
+static bool epilogue(struct run *g)
+{
+    bool busy = false;
+    switch (g->phase) {
     case PH_OPS:
         /* Calm callbacks from here on, and no timers. */
-        f->read_mode = RM_ALL;
-        f->eof_mode = EM_KEEP;
-        f->timeout_mode = TM_NOTHING;
-        f->drained_mode = DM_NOTHING;
-        for (unsigned i = 0; i < NTIMERS; i++)
-            app_cancel(f, i);
-        enter_phase(f, PH_DRAIN_IN);
-        f->drain_started = false;
+        for (int k = 0; k < NCONNS; k++) {
+            struct fz *f = &g->c[k];
+            if (!open_life(f))
+                continue;
+            f->read_mode = RM_ALL;
+            f->eof_mode = EM_KEEP;
+            f->timeout_mode = TM_NOTHING;
+            f->drained_mode = DM_NOTHING;
+            for (unsigned i = 0; i < NTIMERS; i++)
+                app_cancel(f, i);
+        }
+        enter_phase(g, PH_DRAIN_IN);
         /* fall through */
     case PH_DRAIN_IN:
-        /* Nobody closed it: every byte the peer wrote reaches on_read.
-         * (Without on_eof, the peer's EOF closes it, kept tail or not.) */
-        if (!f->closed && !f->close_asked &&
-            (f->h.ops->on_eof || !(f->peer_shut_wr || f->peer_closed))) {
+        for (int k = 0; k < NCONNS; k++) {
+            struct fz *f = &g->c[k];
+            /* Nobody closed it: every byte the peer wrote reaches on_read.
+             * (Without on_eof, the peer's EOF closes it, kept tail or not.) */
+            if (!open_life(f) || f->closed || f->close_asked ||
+                (!f->h.ops->on_eof && (f->peer_shut_wr || f->peer_closed)))
+                continue;
             if (!f->drain_started) {
                 f->drain_started = true;
                 if (!f->paused)
                     app_pause(f);   /* pause + resume presents a kept tail again */
                 app_resume(f);
-                return true;
+                busy = true;
+                continue;
             }
             peer_read_all(f);   /* so that nothing blocks on a full buffer */
             if (f->in_consumed < f->in_written) {
-                CHECK(now_ms() - f->phase_start < EPILOGUE_MS,
-                      "the peer wrote %llu bytes, on_read got %llu",
+                CHECK(now_ms() - g->phase_start < EPILOGUE_MS,
+                      "conn %d: the peer wrote %llu bytes, on_read got %llu", k,
                       (unsigned long long)f->in_written, (unsigned long long)f->in_consumed);
-                return true;
+                busy = true;
             }
         }
-        enter_phase(f, PH_CLOSE);
+        if (busy)
+            return true;
+        enter_phase(g, PH_CLOSE);
         /* A peer that stopped reading cannot take what is queued: abort. */
-        if (!f->closed)
-            app_close(f, f->peer_shut_rd || f->peer_err);
+        for (int k = 0; k < NCONNS; k++) {
+            struct fz *f = &g->c[k];
+            if (open_life(f) && !f->closed)
+                app_close(f, f->peer_shut_rd || f->peer_err);
+        }
         /* fall through */
     case PH_CLOSE:
         /* A graceful close ends, if the peer reads (or has gone). */
-        peer_read_all(f);
-        if (!f->closed) {
-            CHECK(now_ms() - f->phase_start < EPILOGUE_MS, "goev_close: no on_close");
-            return true;
+        for (int k = 0; k < NCONNS; k++) {
+            struct fz *f = &g->c[k];
+            if (!open_life(f))
+                continue;
+            peer_read_all(f);
+            if (!f->closed) {
+                CHECK(now_ms() - g->phase_start < EPILOGUE_MS, "conn %d: goev_close: no on_close",
+                      k);
+                busy = true;
+            }
         }
-        enter_phase(f, PH_DONE);
+        if (busy)
+            return true;
+        enter_phase(g, PH_DONE);
         /* fall through */
     case PH_DONE:
         break;
     }
-
-    /* on_close has come: the socket is closed, so the peer sees the end at
-     * once (after what is still in its buffer). */
-    if (f->peer >= 0) {
-        for (int tries = 0; !f->peer_eof && !f->peer_err; tries++) {
-            if (peer_read(f, 65536) < 0 && errno == EAGAIN) {
-                CHECK(tries < 100, "the peer sees neither EOF nor an error after on_close");
-                struct pollfd pfd = {.fd = f->peer, .events = POLLIN};
-                poll(&pfd, 1, 10);
-            }
-        }
-    }
-    /* TCP: closing a socket with unread input sends a RST, which discards
-     * what the kernel still had to send; so only when goev read all. */
-    if (f->close_reason == 0 && !f->peer_shut_rd && !f->peer_closed &&
-        (!f->tcp || f->in_presented == f->in_written))
-        CHECK(f->out_read == f->out_accepted,
-              "closed normally, but the peer got %llu of the %llu bytes goev_write accepted",
-              (unsigned long long)f->out_read, (unsigned long long)f->out_accepted);
+    for (int k = 0; k < NCONNS; k++)
+        if (open_life(&g->c[k]))
+            life_end(&g->c[k]);
     struct goev_stats st;
-    goev_stats_get(goev_poller_reactor(f->p), goev_poller_index(f->p), &st);
+    goev_stats_get(goev_poller_reactor(g->p), goev_poller_index(g->p), &st);
     CHECK(st.conns == 0, "%llu connections counted open after on_close",
           (unsigned long long)st.conns);
     return false;
@@ -776,22 +889,17 @@ static bool epilogue(struct fz *f)
 
 static void step(goev_poller *p, void *arg)
 {
-    struct fz *f = arg;
-    if (f->extra_passes) {
-        f->extra_passes--;
-        next_pass(f);
+    struct run *g = arg;
+    if (g->extra_passes) {
+        g->extra_passes--;
+        next_pass(g);
         return;
     }
-    if (f->phase == PH_OPS && run_ops(f)) {
-        next_pass(f);
+    if ((g->phase == PH_OPS && run_ops(g)) || epilogue(g)) {
+        next_pass(g);
         return;
     }
-    if (epilogue(f)) {
-        next_pass(f);
-        return;
-    }
-    peer_close(f, false);
-    finish_input(f);
+    finish_input(g);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -900,23 +1008,9 @@ static void make_pair(int tcp, int sv[2])
 
 static void start_input(goev_poller *p, void *arg)
 {
-    struct fz *f = arg;
-    int sv[2];
-    make_pair(f->tcp, sv);
-    static const int bufs[4] = {0, 2048, 8192, 65536};
-    int gb = bufs[(f->hdr0 >> 4) & 3], pb = bufs[f->hdr1 & 3];
-    if (gb)
-        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &gb, sizeof gb);
-    if (pb)
-        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &pb, sizeof pb);
-    f->peer = sv[1];
-    goev_handler_init(&f->h, &ops_variants[f->hdr0 & 3]);
-    for (unsigned i = 0; i < NTIMERS; i++)
-        goev_timer_init(&f->t[i]);
-    int rc = goev_conn_open(p, &f->h, sv[0]);
-    CHECK(rc == 0, "goev_conn_open: %d", rc);
-    CHECK(f->opened, "no on_open during goev_conn_open");
-    step(p, f);
+    struct run *g = arg;
+    conn_open(g, &g->c[0]);
+    step(p, g);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -940,34 +1034,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    struct fz *f = calloc(1, sizeof *f);
-    CHECK(f != NULL, "calloc");
-    f->hdr0 = data[0];
-    f->hdr1 = data[1];
-    f->tcp = (f->hdr0 >> 2) & 1;
-    f->prog = data + 2;
-    f->len = size - 2;
-    f->read_mode = (int)((f->hdr1 >> 2) % RM_N);
-    f->read_arg = 1 + (f->hdr1 >> 4) * 7;
-    pthread_mutex_init(&f->mu, NULL);
-    pthread_cond_init(&f->cv, NULL);
+    struct run *g = calloc(1, sizeof *g);
+    CHECK(g != NULL, "calloc");
+    g->hdr0 = data[0];
+    g->hdr1 = data[1];
+    g->tcp = (g->hdr0 >> 2) & 1;
+    g->prog = data + 2;
+    g->len = size - 2;
+    for (int k = 0; k < NCONNS; k++) {
+        g->c[k].g = g;
+        g->c[k].idx = k;
+        g->c[k].peer = -1;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
 
-    goev_reactor *r = reactor_get((f->hdr0 >> 3) & 1);
-    f->p = goev_reactor_poller(r, 0);
-    f->uring = !strcmp(goev_backend_name(r), "io_uring");
+    goev_reactor *r = reactor_get((g->hdr0 >> 3) & 1);
+    g->p = goev_reactor_poller(r, 0);
+    g->uring = !strcmp(goev_backend_name(r), "io_uring");
     int fds = fd_count();
-    cur = f;
-    CHECK(goev_post(f->p, start_input, f) == 0, "goev_post");
-    pthread_mutex_lock(&f->mu);
-    while (!f->done)
-        pthread_cond_wait(&f->cv, &f->mu);
-    pthread_mutex_unlock(&f->mu);
+    cur = g;
+    CHECK(goev_post(g->p, start_input, g) == 0, "goev_post");
+    pthread_mutex_lock(&g->mu);
+    while (!g->done)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
     int after = fd_count();
     CHECK(after == fds, "%d descriptors open before the input, %d after", fds, after);
     cur = NULL;
 
-    pthread_cond_destroy(&f->cv);
-    pthread_mutex_destroy(&f->mu);
-    free(f);
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
     return 0;
 }
