@@ -14,7 +14,7 @@ import struct
 
 (PASS, PEER_WRITE, PEER_READ, PEER_SHUT_WR, PEER_SHUT_RD, PEER_CLOSE, PEER_RESET, WRITE,
  PAUSE, RESUME, SHUTDOWN, CLOSE, ABORT, TIMER, CANCEL, READ_MODE, EOF_MODE, TIMEOUT_MODE,
- DRAINED_MODE, BIG_WRITE, PASSES, OPEN) = range(22)
+ DRAINED_MODE, BIG_WRITE, PASSES, OPEN, SENDFILE) = range(23)
 C1 = 0x80   # or-ed into an operation: on connection 1
 RM_ALL, RM_SOME, RM_NONE, RM_ERROR, RM_ECHO, RM_PAUSE, RM_CLOSE, RM_OVER, RM_ABORT, RM_SHUT = range(10)
 EM_KEEP, EM_ERROR, EM_CLOSE, EM_WRITE_SHUT = range(4)
@@ -121,6 +121,15 @@ seeds = {
     'reopen-after-close': (EOF_CB, 0,
                            w(10) + [CLOSE, PASS, PASS, OPEN] + pw(10) + [PASS] + w(20) +
                            [PASS] + pr(100)),
+    'sendfile': (EOF_CB | DRAINED_CB | sndbuf(1), 0,
+                 w(100) + [SENDFILE] + u16(20000) + w(50) + [PASS] + pr(8000) + [PASS] +
+                 [SENDFILE] + u16(3000) + [CLOSE, PASS] + pr(65535) + [PASSES, 2]),
+    'sendfile-abort': (EOF_CB | sndbuf(1), 0,
+                       [SENDFILE] + u16(30000) + [PASS, ABORT, PASS]),
+    'sendfile-tcp-peer-close': (EOF_CB | TCP | sndbuf(1), 0,
+                                [SENDFILE] + u16(30000) + [PASS, PEER_CLOSE, PASS] +
+                                [SENDFILE] + u16(100) + [PASS]),
+    'open-in-use': (EOF_CB, 0, [OPEN, CLOSE, OPEN, PASS, OPEN] + w(5) + [PASS]),
 }
 
 os.makedirs('conn', exist_ok=True)

@@ -6,7 +6,8 @@
  * is an operation on one of two connections (the top bit says which), some
  * with arguments: the peer (the fuzzer's end of the socket) writes, reads,
  * shuts down, closes or resets; the application (goev's end, adopted with
- * goev_conn_open) writes, pauses and resumes reading, shuts down, closes,
+ * goev_conn_open) writes (goev_write, or goev_sendfile of a file holding
+ * the same bytes), pauses and resumes reading, shuts down, closes,
  * aborts, starts and cancels timers, changes what its callbacks do; the
  * connection is opened (connection 0 is at the start; one that has closed
  * starts a new life, on a fresh socket pair, usually in the slot its last
@@ -33,9 +34,11 @@
  *     presented to on_read before the end;
  *   - goev_pending never exceeds what the peer has not read yet; on_drained
  *     only with nothing pending;
- *   - return values: goev_write/pause/resume/shutdown give 0 or -ENOTCONN,
+ *   - return values: goev_write/sendfile/pause/resume/shutdown give 0 or
+ *     -ENOTCONN,
  *     -ENOTCONN after a close or a shutdown; timer_start -EINVAL on a
  *     closing handler; goev_close/goev_abort -EINVAL after on_close;
+ *     goev_conn_open -EINVAL on a handler in use, leaving the fd open;
  *   - timers fire only when started and not cancelled, a one-shot once;
  *   - on_close exactly once, no callback after it, its timers idle, the
  *     socket closed by then (the peer sees EOF or an error at once);
@@ -49,6 +52,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -60,6 +64,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -274,6 +279,22 @@ static void app_write(struct fz *f, size_t n)
     CHECK(rc == 0 || rc == -ENOTCONN, "goev_write: %d", rc);
     if (f->close_asked || f->shut_asked || f->closed)
         CHECK(rc == -ENOTCONN, "goev_write after close/shutdown: %d", rc);
+    if (rc == 0)
+        f->out_accepted += n;
+}
+
+/* The output stream is also a file (a memfd made at start-up), so that a
+ * goev_sendfile of its range at out_accepted continues the stream. */
+static int stream_file = -1;
+
+static void app_sendfile(struct fz *f, size_t n)
+{
+    if (f->out_accepted + n > MAX_OUT_BYTES)
+        return;
+    int rc = goev_sendfile(&f->h, stream_file, f->out_accepted, n);
+    CHECK(rc == 0 || rc == -ENOTCONN, "goev_sendfile: %d", rc);
+    if (f->close_asked || f->shut_asked || f->closed)
+        CHECK(rc == -ENOTCONN, "goev_sendfile after close/shutdown: %d", rc);
     if (rc == 0)
         f->out_accepted += n;
 }
@@ -605,7 +626,7 @@ enum {
     OP_PASS, OP_PEER_WRITE, OP_PEER_READ, OP_PEER_SHUT_WR, OP_PEER_SHUT_RD, OP_PEER_CLOSE,
     OP_PEER_RESET, OP_WRITE, OP_PAUSE, OP_RESUME, OP_SHUTDOWN, OP_CLOSE, OP_ABORT,
     OP_TIMER, OP_CANCEL, OP_READ_MODE, OP_EOF_MODE, OP_TIMEOUT_MODE, OP_DRAINED_MODE,
-    OP_BIG_WRITE, OP_PASSES, OP_OPEN, OP_N
+    OP_BIG_WRITE, OP_PASSES, OP_OPEN, OP_SENDFILE, OP_N
 };
 
 static void step(goev_poller *p, void *arg);
@@ -697,15 +718,26 @@ static bool run_ops(struct run *g)
         if (op == OP_OPEN) {
             if (f->life && f->closed && !f->ended)
                 life_end(f);
-            if (!f->life || f->ended)
+            if (!f->life || f->ended) {
                 conn_open(g, f);
+            } else {
+                /* A handler in use refuses a second socket, and leaves
+                 * both it and itself alone. */
+                int sv[2];
+                make_pair(g->tcp, sv);
+                int rc = goev_conn_open(g->p, &f->h, sv[0]);
+                CHECK(rc == -EINVAL, "goev_conn_open on a handler in use: %d", rc);
+                CHECK(fcntl(sv[0], F_GETFD) >= 0, "refused fd closed");
+                close(sv[0]);
+                close(sv[1]);
+            }
             continue;
         }
         /* Arguments are taken even for a connection not opened yet, so that
          * the program reads the same either way. */
         unsigned a1 = 0, a2 = 0;
         switch (op) {
-        case OP_PEER_WRITE: case OP_PEER_READ: case OP_WRITE:
+        case OP_PEER_WRITE: case OP_PEER_READ: case OP_WRITE: case OP_SENDFILE:
             a1 = get16(g);
             break;
         case OP_TIMER: case OP_CANCEL: case OP_EOF_MODE: case OP_TIMEOUT_MODE:
@@ -749,6 +781,9 @@ static bool run_ops(struct run *g)
             break;
         case OP_BIG_WRITE:
             app_write(f, 16384);
+            break;
+        case OP_SENDFILE:
+            app_sendfile(f, 1 + a1 % 32768);
             break;
         case OP_PAUSE:
             app_pause(f);
@@ -1026,6 +1061,17 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     close(sv[1]);
     reactor_get(0);
     reactor_get(1);
+    stream_file = memfd_create("goev-fuzz-out", MFD_CLOEXEC);
+    if (stream_file < 0) {
+        perror("fuzz_conn: memfd_create");
+        exit(1);
+    }
+    static uint8_t whole[MAX_OUT_BYTES];
+    stream_fill(OUT_STREAM, 0, whole, sizeof whole);
+    if (write(stream_file, whole, sizeof whole) != (ssize_t)sizeof whole) {
+        perror("fuzz_conn: write");
+        exit(1);
+    }
     atexit(teardown);
     return 0;
 }
