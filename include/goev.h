@@ -395,6 +395,11 @@ GOEV_EXTERN int goev_handler_fd(const goev_handler *h);
  * goev_abort); then the fd is closed, the timers are cancelled and on_close
  * is called with reason 0, later in the same loop pass or a later one -
  * never from inside goev_close.  Closing a handler twice is harmless.
+ * "Sent" means handed to the kernel: on TCP, a socket closed while input
+ * it has not read waits in the kernel (bytes the peer sent after reading
+ * stopped) is reset (RFC 1122 4.2.2.13), and the kernel drops what it had
+ * not transmitted yet.  Where the peer may still be sending, goev_shutdown
+ * first and close in on_eof (or after a timeout) to be sure it gets all.
  * Returns 0, or -EINVAL if h was never attached.  Poller thread. */
 GOEV_EXTERN int goev_close(goev_handler *h);
 
