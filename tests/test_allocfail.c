@@ -495,9 +495,16 @@ static void ph_close(goev_handler *h, int reason)
     TU_INC(&x->closes);
 }
 
+static int ph_signal(goev_handler *h, const struct goev_siginfo *si)
+{
+    (void)h;
+    (void)si;
+    return 0;
+}
+
 static const struct goev_handler_ops ph_ops = {
     .on_open = ph_open, .on_read = ph_read, .on_timeout = ph_timeout, .on_ready = ph_ready,
-    .on_connect_fail = ph_fail, .on_close = ph_close,
+    .on_connect_fail = ph_fail, .on_close = ph_close, .on_signal = ph_signal,
 };
 
 static void ph_init(struct ph *x)
@@ -533,12 +540,16 @@ static bool sc_setup(long n)
     snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
     int pfd[2];
     cr_assert(pipe2(pfd, O_CLOEXEC | O_NONBLOCK) == 0);
-    struct ph tm, wa, co;
+    int sv[2];
+    cr_assert(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    struct ph tm, wa, co, ad, sg;
     ph_init(&tm);
     ph_init(&wa);
     ph_init(&co);
+    ph_init(&ad);
+    ph_init(&sg);
     int ran = 0;
-    int rc_a = -1, rc_t = -1, rc_w = -1, rc_c = -1, rc_p = -1;
+    int rc_a = -1, rc_t = -1, rc_w = -1, rc_c = -1, rc_p = -1, rc_o = -1, rc_s = -1;
     goev_acceptor *a = NULL;
     struct server s;
     server_init(&s, M_ECHO);
@@ -564,6 +575,13 @@ static bool sc_setup(long n)
         cr_assert(rc_c == 0 || (rc_c == -ENOMEM && af_hit()), "goev_connect: %d", rc_c);
         rc_p = goev_post(p1, post_count, &ran);
         cr_assert(rc_p == 0 || (rc_p == -ENOMEM && af_hit()), "goev_post: %d", rc_p);
+        rc_o = goev_conn_open(p1, &ad.h, sv[0]);
+        cr_assert(rc_o == 0 || (rc_o == -ENOMEM && af_hit()), "goev_conn_open: %d", rc_o);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGUSR2);
+        rc_s = goev_signal_watch(p0, &sg.h, &set);
+        cr_assert(rc_s == 0 || (rc_s == -ENOMEM && af_hit()), "goev_signal_watch: %d", rc_s);
         if (setup_start) {
             rc = goev_reactor_start(r);
             cr_assert(rc == 0 || (rc == -ENOMEM && af_hit()), "goev_reactor_start: %d", rc);
@@ -586,12 +604,17 @@ static bool sc_setup(long n)
         ph_check(&tm, rc_t, "timer");
         ph_check(&wa, rc_w, "watch");
         ph_check(&co, rc_c, "connect");
+        ph_check(&ad, rc_o, "conn_open");
+        ph_check(&sg, rc_s, "signal_watch");
         cr_assert_eq(ran, rc_p == 0, "posted function ran %d times (goev_post %d)", ran, rc_p);
         if (rc_t == 0)
             cr_assert_eq(tm.reason, -ECANCELED);
     }
     if (rc_w != 0)
         close(pfd[0]);      /* refused: still the caller's */
+    if (rc_o != 0)
+        close(sv[0]);
+    close(sv[1]);
     close(pfd[1]);
     close(lfd);
     server_check(&s);
@@ -997,7 +1020,7 @@ static bool sc_connect(long n)
     return hit;
 }
 
-Test(allocfail, connect, .init = init_test, .timeout = 90)
+Test(allocfail, connect, .init = init_test, .timeout = 60)
 {
     sweep("connect", sc_connect);
 }
@@ -1282,6 +1305,7 @@ Test(allocfail, timers, .init = init_test, .timeout = 60)
 enum { PREQS = 3 };
 
 struct pool_run {
+    struct server *s;
     goev_pool *pool;
     char addr[64];
     long n;
@@ -1348,8 +1372,15 @@ static void pool_start(goev_poller *p, void *arg)
     if (pr->new_rc < 0)
         pr->new_rc = goev_pool_new(&pr->pool, p, pr->addr, &o);
     TU_CHECK(pr->new_rc == 0, "goev_pool_new again: %d", pr->new_rc);
-    if (pr->new_rc < 0)
-        return;
+    af_hold();      /* the test thread posts next */
+}
+
+static void pool_acquire_all(goev_poller *p, void *arg)
+{
+    (void)p;
+    struct pool_run *pr = arg;
+    if (pr->n)
+        af_resume();
     for (int i = 0; i < PREQS; i++) {
         struct preq *q = &pr->q[i];
         goev_pool_req_init(&q->req);
@@ -1372,8 +1403,17 @@ static void pool_run(goev_reactor *r, struct pool_run *pr, long n)
     pr->n = n;
     pr->pool = NULL;
     goev_poller *p = goev_reactor_poller(r, 0);
+    int opens0 = TU_LOAD(&pr->s->opens);
     tu_run_on(p, pool_start, pr);
     cr_assert_eq(pr->new_rc, 0);
+    if (n)
+        af_resume();
+    /* min_idle 1: the pool connects by itself, whatever ran out of memory
+     * on the way (a failed attempt is retried after the back-off). */
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&pr->s->opens) > opens0, WAIT_MS),
+              "the pool never connected to keep min_idle");
+    af_hold();
+    tu_run_on(p, pool_acquire_all, pr);
     for (int i = 0; i < PREQS; i++) {
         struct preq *q = &pr->q[i];
         if (q->rc < 0)
@@ -1406,6 +1446,7 @@ static bool sc_pool(long n)
     struct pool_run pr;
     memset(&pr, 0, sizeof pr);
     snprintf(pr.addr, sizeof pr.addr, "127.0.0.1:%d", s.port);
+    pr.s = &s;
     pool_run(r, &pr, n);
     bool hit = af_disarm();
     /* Recovery: a new pool on the same poller hands out connections. */
