@@ -491,8 +491,15 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
     goev_handler_init(&pool->th, &th_ops);
     pool->th.user = pool;
     goev_timer_init(&pool->svc);
+    /* The first service pass starts the connects: without its timer the
+     * pool would never fill (kick's "the next event kicks again" needs an
+     * event, and nothing may come). */
+    int rc = goev__stopping(p) ? 0 : goev_timer_start(p, &pool->th, &pool->svc, 0, 0);
+    if (rc < 0) {
+        goev__free(pool);
+        return rc;
+    }
     *out = pool;
-    kick(pool);
     return 0;
 }
 
