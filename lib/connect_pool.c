@@ -214,6 +214,9 @@ static void start_connects(goev_pool *pool, unsigned n)
         if (rc < 0) {
             goev__free(pc);
             connect_failed(pool, rc);
+            /* No on_connect_fail will kick for this one: without a kick of
+             * our own, nothing schedules the attempt after the back-off. */
+            kick(pool);
             return;
         }
         set_state(pc, P_CONNECTING);
