@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #ifndef ITEM8_FIXED
@@ -648,6 +649,13 @@ Test(allocfail, setup_run_free, .init = init_test, .timeout = 60)
 
 /* ---- scenario: accept ----------------------------------------------------- */
 
+static int barrier_fn_timeout(goev_handler *h, goev_timer *t)
+{
+    (void)h;
+    (void)t;
+    return 0;
+}
+
 static bool sc_accept(long n)
 {
     goev_reactor *r = mk_reactor(2, 0);
@@ -688,6 +696,92 @@ static bool sc_accept(long n)
 Test(allocfail, accept, .init = init_test, .timeout = 60)
 {
     sweep("accept", sc_accept);
+}
+
+/* ---- scenario: accept at EMFILE, the back-off timer ---------------------- */
+
+static int highest_fd(void)
+{
+    int hi = -1;
+    for (int fd = 0; fd < 4096; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            hi = fd;
+    return hi;
+}
+
+static bool sc_accept_backoff(long n)
+{
+    enum { K = 5, ROOM = 2 };
+    goev_reactor *r = mk_reactor(1, 1);
+    struct server s;
+    server_init(&s, M_ECHO);
+    struct goev_acceptor_opts ao;
+    goev_acceptor_opts_init(&ao);
+    ao.backoff_ms = 20;
+    cr_assert_eq(goev_acceptor_new(&s.a, r, r, "127.0.0.1:0", &ao, s_new, &s), 0);
+    /* timer_heap_size 1, taken by a long timer: arming the back-off timer
+     * makes the heap grow. */
+    goev_handler keep;
+    goev_timer keep_t;
+    static const struct goev_handler_ops keep_ops_ = { .on_timeout = barrier_fn_timeout };
+    goev_handler_init(&keep, &keep_ops_);
+    goev_timer_init(&keep_t);
+    cr_assert_eq(goev_timer_start(goev_reactor_poller(r, 0), &keep, &keep_t, 600000, 0), 0);
+    int fds[K];
+    for (int i = 0; i < K; i++)     /* queued in the backlog before the reactor runs */
+        fds[i] = cli_connect(goev_acceptor_port(s.a));
+    struct rlimit old, low;
+    cr_assert(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    low = old;
+    low.rlim_cur = (rlim_t)highest_fd() + 1 + ROOM;
+    cr_assert(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    af_arm(n);
+    af_hold();
+    tu_reactor_start(r);
+    af_resume();
+    bool backed_off = TU_WAIT_FOR(({
+        struct goev_stats st_;
+        goev_stats_get(r, 0, &st_);
+        st_.accept_backoffs > 0;
+    }), WAIT_MS);
+    cr_assert(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    cr_assert(backed_off, "no accept back-off at EMFILE");
+    /* Descriptors again: the listener retries and takes the rest. */
+    bool all = TU_WAIT_FOR(TU_LOAD(&s.made) == K, 1500);
+    bool hit = af_disarm();
+    if (!all) {
+        cr_assert(hit, "listener never retried after EMFILE (%d of %d accepted)", s.made, K);
+        /* needs item 8 fix: the back-off timer is lost to ENOMEM
+         * (goev__timer_arm ignores the heap's failure): the listener stays
+         * paused for good. */
+        if (ITEM8_FIXED)
+            cr_assert_fail("EMFILE back-off timer lost to ENOMEM: listener never retried");
+        fprintf(stderr, "allocfail accept_backoff (%s): N=%ld: back-off timer lost to ENOMEM "
+                "(item 8)\n", tu_backend_env(), n);
+    } else {
+        int ok = 0;
+        for (int i = 0; i < K; i++)
+            ok += cli_ping(fds[i]);
+        cr_assert(ok >= K - 1, "%d of %d clients served", ok, K);
+        int fd = cli_connect(goev_acceptor_port(s.a));
+        cr_assert(cli_ping(fd), "after the failure, a new client is not served");
+        close(fd);
+    }
+    for (int i = 0; i < K; i++)
+        close(fds[i]);
+    if (all)
+        server_wait_closed(&s);
+    tu_reactor_stop_wait(r);
+    goev_acceptor_free(s.a);
+    goev_reactor_free(r);
+    server_check(&s);
+    server_fini(&s);
+    return hit;
+}
+
+Test(allocfail, accept_backoff, .init = init_test, .timeout = 60)
+{
+    sweep("accept_backoff", sc_accept_backoff);
 }
 
 /* ---- scenario: read, the kept tail growing -------------------------------- */
