@@ -163,8 +163,8 @@ static void stop_free(goev_reactor *r, goev_acceptor *a)
 enum { M_ECHO, M_MSG, M_WRITER, M_ASYNC };
 enum { MAXC = 32 };
 #define MSG_LEN ((size_t)48 * 1024)    /* M_MSG: kept until complete */
-#define SMALL_N 64                      /* M_WRITER: 64 writes of 1000 B, */
-#define BIG_LEN ((size_t)1536 * 1024)   /* one of 1.5 MiB, */
+#define SMALL_N 24                      /* M_WRITER: 24 writes of 1000 B, */
+#define BIG_LEN ((size_t)1100 * 1024)   /* one past the largest pool class, */
 #define FILE_LEN ((size_t)64 * 1024)    /* and a file range */
 #define WRITER_LEN (SMALL_N * 1000 + BIG_LEN + FILE_LEN)
 #define WSEED 11
@@ -1089,10 +1089,10 @@ static bool sc_connect(long n)
     tu_run_on(p, do_connects, &k);
     connects_check(&k, false);
     struct cc *h = &k.c[2];
-    bool hung = !TU_WAIT_FOR(TU_LOAD(&h->closes) == 1, 1500);
+    bool hung = !TU_WAIT_FOR(TU_LOAD(&h->closes) == 1, 1000);
     bool hit = af_disarm();
     if (hung) {
-        cr_assert(hit, "connect with a 100 ms timeout still pending after 1.5 s");
+        cr_assert(hit, "connect with a 100 ms timeout still pending after 1 s");
         /* needs item 8 fix: goev__timer_arm ignores the heap's -ENOMEM, the
          * timeout never fires and the connect hangs in SYN-SENT. */
         if (ITEM8_FIXED)
@@ -1141,7 +1141,7 @@ static size_t async_feed(goev_reactor *r, goev_conn_id id, const char *stream, s
 {
     size_t off = 0;
     for (int k = 0; off < cap; k++) {
-        size_t len = (k % 5 == 4) ? 100000 : 3000;
+        size_t len = (k % 5 == 4) ? 40000 : 3000;
         if (len > cap - off)
             len = cap - off;
         int rc = goev_async_write(r, id, stream + off, len);
@@ -1165,7 +1165,7 @@ static size_t async_feed(goev_reactor *r, goev_conn_id id, const char *stream, s
 
 static bool sc_async(long n)
 {
-    enum { CAP = 600000 };
+    enum { CAP = 240000 };
     goev_reactor *r = mk_reactor(1, 0);
     struct server s;
     server_init(&s, M_ASYNC);
