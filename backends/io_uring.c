@@ -820,8 +820,10 @@ static void ur_flush(struct goev__conn *c)
     goev_poller *p = c->p;
     union ur_opmem *m = NULL;
     if (n > 1 && !(m = opmem_get(c))) {     /* a SENDMSG reads these until it completes */
-        goev__on_error(c, -ENOMEM);
-        return;
+        /* No memory for the SENDMSG header: send the first chunk alone
+         * (a SEND needs none); the rest follows when it completes. */
+        n = 1;
+        bytes = iov[0].iov_len;
     }
     struct io_uring_sqe *s = get_sqe(p, UR(p));
     if (!s) {

@@ -152,10 +152,11 @@ GOEV_EXTERN int goev_reactor_new(goev_reactor **out, const struct goev_reactor_o
  * goev_reactor_stop had been called, and that error is returned (with
  * GOEV_DEBUG, one line on stderr says which poller and why); the failed
  * poller's connections are closed as at any stop (their fds closed by goev
- * itself, on_close with -ECANCELED), output still queued is lost.  Returns 0 after a goev_reactor_stop, -EALREADY if
- * the reactor already ran, the first poller's error (negative errno), or a
- * negative errno if a thread could not start.  Call once, from the
- * creating thread. */
+ * itself, on_close with -ECANCELED), output still queued is lost.  Returns
+ * 0 after a goev_reactor_stop, -EALREADY if the reactor already ran, the
+ * first poller's error (negative errno), -ENOMEM (nothing was started: the
+ * call may be made again, or the reactor freed), or a negative errno if a
+ * thread could not start.  Call once, from the creating thread. */
 GOEV_EXTERN int goev_reactor_run(goev_reactor *r);
 
 /* Start every poller on a thread of its own and return at once; use
@@ -354,8 +355,9 @@ struct goev_handler_ops {
     /* The handler is finished: called exactly once, always last, for every
      * handler that was opened, connected, watched or given a timer.  reason
      * is 0 for a normal close (goev_close, EOF), or a negative errno
-     * (-ECONNRESET, -ETIMEDOUT, -ECANCELED at reactor stop, or what a
-     * callback returned).  The fd is closed already; the memory of the
+     * (-ECONNRESET, -ETIMEDOUT, -ECANCELED at reactor stop, -ENOMEM when
+     * the library could not keep unconsumed input or queue an async
+     * write, or what a callback returned).  The fd is closed already; the memory of the
      * handler (and its timers) may be freed here. */
     void (*on_close)(goev_handler *h, int reason);
 
@@ -480,7 +482,9 @@ GOEV_EXTERN int goev_shutdown(goev_handler *h);
  * -ENOMEM (-ENOTCONN also once the owning poller has finished stopping).
  * A connection that closes after the call but before delivery drops the
  * bytes (counted in goev_stats.async_dropped); the call never touches freed
- * memory.  Any thread. */
+ * memory.  If the owning poller cannot queue the bytes (out of memory) it
+ * closes the connection, on_close(h, -ENOMEM), rather than send the stream
+ * with a hole in it (also counted in async_dropped).  Any thread. */
 GOEV_EXTERN int goev_async_write(goev_reactor *r, goev_conn_id id, const void *data, size_t len);
 
 /* Close the connection named by id from any thread, as goev_close would on

@@ -214,6 +214,9 @@ static void start_connects(goev_pool *pool, unsigned n)
         if (rc < 0) {
             goev__free(pc);
             connect_failed(pool, rc);
+            /* No on_connect_fail will kick for this one: without a kick of
+             * our own, nothing schedules the attempt after the back-off. */
+            kick(pool);
             return;
         }
         set_state(pc, P_CONNECTING);
@@ -491,8 +494,15 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
     goev_handler_init(&pool->th, &th_ops);
     pool->th.user = pool;
     goev_timer_init(&pool->svc);
+    /* The first service pass starts the connects: without its timer the
+     * pool would never fill (kick's "the next event kicks again" needs an
+     * event, and nothing may come). */
+    int rc = goev__stopping(p) ? 0 : goev_timer_start(p, &pool->th, &pool->svc, 0, 0);
+    if (rc < 0) {
+        goev__free(pool);
+        return rc;
+    }
     *out = pool;
-    kick(pool);
     return 0;
 }
 

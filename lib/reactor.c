@@ -390,8 +390,16 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
                 GOEV__STAT_INC(p, async_dropped);
             else if (m->kind == GOEV__M_CLOSE)
                 goev_close(c->h);
-            else if (goev_write(c->h, m->data, m->u.write.len) < 0)
-                GOEV__STAT_INC(p, async_dropped);
+            else {
+                int rc = goev_write(c->h, m->data, m->u.write.len);
+                if (rc < 0) {
+                    GOEV__STAT_INC(p, async_dropped);
+                    /* Bytes the caller was told are on their way are lost:
+                     * going on would send the stream with a hole in it. */
+                    if (rc != -ENOTCONN)
+                        goev__conn_close(c, rc);
+                }
+            }
             break;
         }
         case GOEV__M_HANDOFF:
