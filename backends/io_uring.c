@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 enum {
-    OP_IGNORE = 0,  /* cancels, poll removes, NOPs: only counted */
+    OP_IGNORE = 0,  /* cancels and poll removes: only counted */
     OP_RECV,
     OP_SEND,
     OP_POLL,
@@ -92,7 +92,7 @@ struct ur {
     size_t br_bytes, bufs_bytes;
     unsigned nbufs, buf_size;
     unsigned nret;          /* buffers given back, not yet published */
-    unsigned live;          /* requests whose last CQE has not come */
+    unsigned ops_out;       /* SQEs whose final CQE has not come back */
     int started;            /* ring enabled by this poller's thread: may submit */
     int stopping;           /* thread_stop: nothing is re-armed */
     int wake_armed;
@@ -128,6 +128,13 @@ union ur_opmem {
 
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
 static inline struct ur_conn *UC(struct goev__conn *c) { return goev__conn_priv(c); }
+
+/* One of c's ops is over (its final CQE, or undone before submission). */
+static inline void op_done(struct goev__conn *c)
+{
+    goev__assert(UC(c)->ops_out > 0);
+    UC(c)->ops_out--;
+}
 
 static union ur_opmem *opmem_get(struct goev__conn *c)
 {
@@ -171,8 +178,7 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&u->ring);
     if (GOEV__UNLIKELY(!s)) {
-        if (!u->started)
-            return NULL;
+        goev__assert(u->started);   /* before that, arming defers */
         publish_bufs(u);
         io_uring_submit(&u->ring);
         GOEV__STAT_INC(p, sys_submit);
@@ -180,7 +186,7 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
         if (!s)
             return NULL;
     }
-    u->live++;
+    u->ops_out++;
     return s;
 }
 
@@ -323,16 +329,16 @@ static void submit_deferred(struct goev__conn *c)
     int rc = 0;
     if (uc->connect_armed && (rc = sq_connect(c)) < 0) {
         uc->connect_armed = 0;
-        uc->ops_out--;
+        op_done(c);
         opmem_put(c);
     }
     if (uc->recv_armed && (rc = sq_recv(c)) < 0) {
         uc->recv_armed = 0;
-        uc->ops_out--;
+        op_done(c);
     }
     if (uc->poll_armed && (rc = sq_poll(c)) < 0) {
         uc->poll_armed = 0;
-        uc->ops_out--;
+        op_done(c);
     }
     if (rc < 0)
         goev__on_error(c, rc);
@@ -471,7 +477,7 @@ static void ur_thread_stop(goev_poller *p)
         io_uring_sqe_set_data64(s, 0);
     }
     uint64_t deadline = goev__now_ms() + 5000;
-    while (u->live > 0 && goev__now_ms() < deadline) {
+    while (u->ops_out > 0 && goev__now_ms() < deadline) {
         struct __kernel_timespec ts = { .tv_nsec = 100 * 1000 * 1000 };
         struct io_uring_cqe *cqe;
         int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
@@ -480,8 +486,8 @@ static void ur_thread_stop(goev_poller *p)
             break;
         reap(p, u);
     }
-    if (u->live > 0)
-        fprintf(stderr, "goev: io_uring poller %d: %u operations did not finish\n", p->idx, u->live);
+    if (u->ops_out > 0)
+        fprintf(stderr, "goev: io_uring poller %d: %u operations did not finish\n", p->idx, u->ops_out);
     if (u->fd_registered && io_uring_unregister_ring_fd(&u->ring) == 1)   /* count undone */
         u->fd_registered = 0;
     u->started = 0;
@@ -497,6 +503,7 @@ static void ur_poller_fini(goev_poller *p)
          * happen short of a kernel failure).  io_uring_queue_exit would
          * unregister that index of this thread's table, which may be
          * another ring's: leave the ring be, as a leak. */
+        goev__debug("io_uring poller %d: ring fd still registered; ring left open", p->idx);
         p->bd = NULL;
         return;
     }
@@ -532,7 +539,7 @@ static void ur_conn_pause(struct goev__conn *c)
     struct ur *u = UR(p);
     if (!u->started) {      /* deferred: no SQE yet */
         UC(c)->recv_armed = 0;
-        UC(c)->ops_out--;
+        op_done(c);
         return;
     }
     struct io_uring_sqe *s = get_sqe(p, u);
@@ -679,7 +686,7 @@ static int ur_watch(struct goev__conn *c, unsigned events)
             return 0;
         if (!u->started) {      /* deferred: re-armed below with poll_want */
             UC(c)->poll_armed = 0;
-            UC(c)->ops_out--;
+            op_done(c);
         } else {
             /* The poll's final CQE (-ECANCELED) re-arms with poll_want. */
             struct io_uring_sqe *s = get_sqe(p, u);
@@ -751,9 +758,10 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
     }
     if (flags & IORING_CQE_F_MORE)
         return;
+    goev__assert(UC(c)->recv_armed);
     UC(c)->recv_armed = 0;
     UC(c)->cancel_sent = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -783,14 +791,14 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
         maybe_release(c);
 }
 
-static void on_send(goev_poller *p, struct goev__conn *c, int res)
+static void on_send(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->send_armed);
     size_t offered = c->out.inflight;
     c->out.inflight = 0;
     opmem_put(c);
     UC(c)->send_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -817,8 +825,9 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
 
 static void on_writable(struct goev__conn *c, int res)
 {
+    goev__assert(UC(c)->send_armed);
     UC(c)->send_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -832,12 +841,12 @@ static void on_writable(struct goev__conn *c, int res)
         maybe_release(c);
 }
 
-static void on_poll(goev_poller *p, struct goev__conn *c, int res)
+static void on_poll(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->poll_armed);
     UC(c)->poll_armed = 0;
     UC(c)->poll_cancel = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -865,11 +874,11 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
     }
 }
 
-static void on_connect(goev_poller *p, struct goev__conn *c, int res)
+static void on_connect(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->connect_armed);
     UC(c)->connect_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     opmem_put(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
@@ -888,6 +897,7 @@ static void on_accept(goev_poller *p, struct ur *u, struct goev__listener *l, in
                       unsigned flags)
 {
     if (!(flags & IORING_CQE_F_MORE)) {
+        goev__assert(l->b.ur.armed);
         l->b.ur.armed = 0;
         l->b.ur.cancel_sent = 0;
     }
@@ -932,8 +942,10 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
     unsigned op = ud_op(ud);
     unsigned flags = cqe->flags;
     int res = cqe->res;
-    if (!(flags & IORING_CQE_F_MORE))
-        u->live--;
+    if (!(flags & IORING_CQE_F_MORE)) {
+        goev__assert(u->ops_out > 0);
+        u->ops_out--;
+    }
     switch (op) {
     case OP_IGNORE:
         return;
@@ -948,7 +960,10 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
     }
     struct goev__conn *c = goev__slot_conn(p, ud_slot(ud));
     if (GOEV__UNLIKELY(!c || c->gen != ud_gen(ud))) {
-        /* Cannot happen while slots wait for every CQE; never touch it. */
+        /* A slot is released only after the final CQE of each of its ops;
+         * only a pause's cancel (not one of them) can complete after the
+         * recv it ended, and so find the slot gone.  Never touch it. */
+        goev__assert(op == OP_CANCEL_RECV);
         if (flags & IORING_CQE_F_BUFFER)
             give_back(u, flags >> IORING_CQE_BUFFER_SHIFT);
         return;
@@ -966,18 +981,19 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         }
         break;
     case OP_SEND:
-        on_send(p, c, res);
+        on_send(c, res);
         break;
     case OP_WRITABLE:
         on_writable(c, res);
         break;
     case OP_POLL:
-        on_poll(p, c, res);
+        on_poll(c, res);
         break;
     case OP_CONNECT:
-        on_connect(p, c, res);
+        on_connect(c, res);
         break;
     default:
+        goev__assert(!"user_data with an unknown op");
         break;
     }
 }

@@ -472,12 +472,12 @@ static void poller_loop(goev_poller *p)
         goev__run_timers(p);
         if (mq_nonempty(p))
             mq_drain(p, false);
-        goev__run_pending(p);
+        goev__run_later(p);
         goev__flush_dirty(p);
 
         __atomic_store_n(&p->sleeping, 1, __ATOMIC_SEQ_CST);
         int timeout = next_timeout(p);
-        if (p->pending || mq_nonempty(p) || stopping(r))
+        if (p->later || mq_nonempty(p) || stopping(r))
             timeout = 0;
         int rc = p->be->wait(p, timeout);
         __atomic_store_n(&p->sleeping, 0, __ATOMIC_RELAXED);
@@ -511,7 +511,7 @@ static void poller_shutdown(goev_poller *p)
         for (;;) {
             goev__close_all(p, -ECANCELED);
             p->now_ms = goev__now_ms();
-            goev__run_pending(p);
+            goev__run_later(p);
             goev__flush_dirty(p);
             if (!p->nlive || p->now_ms > deadline)
                 break;
@@ -530,12 +530,12 @@ static void poller_shutdown(goev_poller *p)
         }
         mq_run(p, m, true);
     }
-    goev__run_pending(p);
+    goev__run_later(p);
     if (p->be->thread_stop)
         p->be->thread_stop(p);
     /* thread_stop reaps the last completions: what they released still gets
      * its on_close. */
-    goev__run_pending(p);
+    goev__run_later(p);
 }
 
 static void pin(goev_poller *p)
