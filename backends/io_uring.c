@@ -22,7 +22,6 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -487,7 +486,7 @@ static void ur_thread_stop(goev_poller *p)
         reap(p, u);
     }
     if (u->ops_out > 0)
-        fprintf(stderr, "goev: io_uring poller %d: %u operations did not finish\n", p->idx, u->ops_out);
+        goev__debug("io_uring poller %d: %u operations did not finish", p->idx, u->ops_out);
     if (u->fd_registered && io_uring_unregister_ring_fd(&u->ring) == 1)   /* count undone */
         u->fd_registered = 0;
     u->started = 0;

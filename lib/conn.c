@@ -371,8 +371,8 @@ void goev__on_eof(struct goev__conn *c)
         return;
     c->flags |= GOEV__C_EOF;
     if (!(c->flags & GOEV__C_PAUSED))
-        c->p->be->conn_pause(c);
-    if (c->flags & GOEV__C_CLOSE_WANT)
+        c->p->be->conn_pause(c);        /* may fail and close c */
+    if (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))
         return;
     goev_handler *h = c->h;
     int rc = h->ops->on_eof ? h->ops->on_eof(h) : 0;

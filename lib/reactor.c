@@ -223,8 +223,7 @@ int goev_reactor_new(goev_reactor **out, const struct goev_reactor_opts *opts)
         goev__free(r);
         return rc;
     }
-    if (getenv("GOEV_DEBUG") && strcmp(getenv("GOEV_DEBUG"), "0") != 0)
-        fprintf(stderr, "goev: backend %s: %s\n", r->be->name, r->reason);
+    goev__debug("backend %s: %s", r->be->name, r->reason);
 
     r->npollers = o.pollers;
     r->pollers = goev__calloc((size_t)o.pollers, sizeof *r->pollers);
@@ -595,7 +594,7 @@ static void *poller_main(void *arg)
     pin(p);
     int rc = p->be->thread_start ? p->be->thread_start(p) : 0;
     if (rc < 0) {
-        fprintf(stderr, "goev: poller %d could not start: %s\n", p->idx, strerror(-rc));
+        goev__debug("poller %d could not start: %s", p->idx, strerror(-rc));
         goev_reactor_stop(p->r);
     } else {
         poller_loop(p);
