@@ -1,9 +1,11 @@
-/* io_uring.c - the completion backend (liburing 2.3).
+/* io_uring.c - the completion backend's data path (liburing 2.3); ring
+ * setup and the probe are in io_uring_probe.c.
  *
  *   ring:    SINGLE_ISSUER | DEFER_TASKRUN (then COOP_TASKRUN | TASKRUN_FLAG,
  *            then nothing), created disabled on the reactor's thread and
  *            enabled on the poller's, because a single-issuer ring belongs
- *            to the task that enables it
+ *            to the task that enables it; work set up before that is
+ *            deferred (state only) and queued when the poller starts
  *   input:   one multishot recv per connection into a provided-buffer ring;
  *            a buffer goes back to the ring as soon as on_read returns
  *   output:  at most one SEND/SENDMSG in flight per connection, carrying
@@ -45,7 +47,7 @@ enum {
 #define BGID GOEV__UR_BGID
 
 enum {
-    SQ_ENTRIES = 4096,      /* also the most work that can be set up before start */
+    SQ_ENTRIES = 4096,      /* a full SQ is submitted to make room (get_sqe) */
     CQ_MIN = 16384,
     MAX_BUFS = 32768,       /* kernel limit of a buffer ring */
 };
@@ -445,7 +447,7 @@ static int ur_thread_start(goev_poller *p)
 
 static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cqe);
 
-static unsigned reap(goev_poller *p, struct ur *u)
+static void reap(goev_poller *p, struct ur *u)
 {
     unsigned head, n = 0;
     struct io_uring_cqe *cqe;
@@ -459,7 +461,6 @@ static unsigned reap(goev_poller *p, struct ur *u)
         GOEV__STAT_ADD(p, events, n);
     }
     publish_bufs(u);
-    return n;
 }
 
 static void ur_thread_stop(goev_poller *p)
