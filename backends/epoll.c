@@ -1,7 +1,9 @@
 /* epoll.c - the readiness backend.  Level-triggered epoll, one read() per
  * readable connection into the poller's shared buffer, one send()/sendmsg()
  * per dirty connection at the end of the pass (sendfile() for a file range
- * at the head of the queue), EPOLLOUT only while a write is blocked.  This and io_uring.c are the only files that know their API. */
+ * at the head of the queue), EPOLLOUT only while a write is blocked.  An
+ * epoll_ctl that fails on a connection closes it with the error.  Only the
+ * files of backends/ know the API of their backend. */
 #include "goev-internal.h"
 
 #include <errno.h>
@@ -84,6 +86,17 @@ static int set_events(struct goev__conn *c, uint32_t want)
     return 0;
 }
 
+/* set_events where nothing returns its failure: c closes with the error. */
+static bool set_events_or_close(struct goev__conn *c, uint32_t want)
+{
+    int rc = set_events(c, want);
+    if (GOEV__UNLIKELY(rc < 0)) {
+        goev__on_error(c, rc);
+        return false;
+    }
+    return true;
+}
+
 static int ep_conn_start(struct goev__conn *c)
 {
     return set_events(c, EPOLLIN | (EPC(c)->events & EPOLLOUT));
@@ -92,7 +105,7 @@ static int ep_conn_start(struct goev__conn *c)
 static void ep_conn_pause(struct goev__conn *c)
 {
     if (EPC(c)->events & EPOLLIN)
-        set_events(c, EPC(c)->events & EPOLLOUT);
+        set_events_or_close(c, EPC(c)->events & EPOLLOUT);
 }
 
 /* Send what is queued: one system call for up to MAX_IOV chunks.  A short
@@ -140,12 +153,12 @@ static void send_queued(struct goev__conn *c, bool from_event)
             return;
         if (blocked) {
             if (c->out.bytes && !(EPC(c)->events & EPOLLOUT))
-                set_events(c, (EPC(c)->events & EPOLLIN) | EPOLLOUT);
+                set_events_or_close(c, (EPC(c)->events & EPOLLIN) | EPOLLOUT);
             return;
         }
     }
     if (from_event || (EPC(c)->events & EPOLLOUT))
-        set_events(c, EPC(c)->events & EPOLLIN);
+        set_events_or_close(c, EPC(c)->events & EPOLLIN);
 }
 
 static void ep_flush(struct goev__conn *c)
@@ -164,8 +177,10 @@ static void ep_conn_close(struct goev__conn *c)
      * first, or its events would keep coming for a dead or reused slot. */
     if ((c->flags & GOEV__C_KEEP_FD) || c->kind == GOEV__K_WATCH) {
         if (EPC(c)->events & REGISTERED) {
-            epoll_ctl(EP(p)->epfd, EPOLL_CTL_DEL, c->fd, NULL);
             GOEV__STAT_INC(p, sys_ctl);
+            if (epoll_ctl(EP(p)->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)   /* closing anyway */
+                goev__debug("epoll poller %d: removing watched fd %d: %s", p->idx, c->fd,
+                            strerror(errno));
         }
     }
     EPC(c)->events = 0;
@@ -191,7 +206,9 @@ static int ep_listen_start(struct goev__listener *l)
 static void ep_listen_stop(struct goev__listener *l)
 {
     if (l->b.ep.registered) {
-        epoll_ctl(EP(l->p)->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+        if (epoll_ctl(EP(l->p)->epfd, EPOLL_CTL_DEL, l->fd, NULL) < 0)
+            goev__debug("epoll poller %d: removing listener fd %d: %s", l->p->idx, l->fd,
+                        strerror(errno));
         GOEV__STAT_INC(l->p, sys_ctl);
         l->b.ep.registered = 0;
     }
@@ -249,7 +266,7 @@ static void on_conn(struct goev__conn *c, uint32_t ev)
          * kernel still has the connect's EPOLLOUT, which would fire on
          * every wait.  Drop the registration; conn_start adds it back. */
         if (!err && !(c->flags & GOEV__C_CLOSING) && EPC(c)->events == REGISTERED)
-            set_events(c, 0);
+            set_events_or_close(c, 0);
         return;
     }
     if ((ev & EPOLLOUT) && (EPC(c)->events & EPOLLOUT)) {
@@ -263,7 +280,7 @@ static void on_conn(struct goev__conn *c, uint32_t ev)
         /* Not reading (paused, EOF): an error or hang-up would be reported
          * on every wait; stop listening until reading resumes. */
         if ((ev & (EPOLLERR | EPOLLHUP)) && !(EPC(c)->events & EPOLLOUT))
-            set_events(c, 0);
+            set_events_or_close(c, 0);
         return;
     }
     struct ep *e = EP(p);

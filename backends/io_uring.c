@@ -1,9 +1,11 @@
-/* io_uring.c - the completion backend (liburing 2.3).
+/* io_uring.c - the completion backend's data path (liburing 2.3); ring
+ * setup and the probe are in io_uring_probe.c.
  *
  *   ring:    SINGLE_ISSUER | DEFER_TASKRUN (then COOP_TASKRUN | TASKRUN_FLAG,
  *            then nothing), created disabled on the reactor's thread and
  *            enabled on the poller's, because a single-issuer ring belongs
- *            to the task that enables it
+ *            to the task that enables it; work set up before that is
+ *            deferred (state only) and queued when the poller starts
  *   input:   one multishot recv per connection into a provided-buffer ring;
  *            a buffer goes back to the ring as soon as on_read returns
  *   output:  at most one SEND/SENDMSG in flight per connection, carrying
@@ -16,22 +18,22 @@
  * user_data = op | slot | generation for connections (see ud_make), so
  * that a CQE for a connection that is gone (its slot reused) is recognised
  * and dropped.  Listeners are not slots: their pointer (>> 3) is the key. */
-#include "goev-internal.h"
+#include "io_uring_probe.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum {
-    OP_IGNORE = 0,  /* cancels, poll removes, NOPs: only counted */
+    OP_IGNORE = 0,  /* cancels and poll removes: only counted */
     OP_RECV,
     OP_SEND,
     OP_POLL,
@@ -42,10 +44,11 @@ enum {
     OP_WRITABLE,    /* POLLOUT wait of a file send the socket had no room for */
 };
 
+#define BGID GOEV__UR_BGID
+
 enum {
-    SQ_ENTRIES = 4096,      /* also the most work that can be set up before start */
+    SQ_ENTRIES = 4096,      /* a full SQ is submitted to make room (get_sqe) */
     CQ_MIN = 16384,
-    BGID = 0,
     MAX_BUFS = 32768,       /* kernel limit of a buffer ring */
 };
 
@@ -81,22 +84,21 @@ static inline struct goev__listener *ud_to_listener(uint64_t ud)
 }
 #define UD_WAKE ud_make(OP_WAKE, 0)
 
-/* liburing 2.3's private flag for "ring fd registered"; see ur_poller_fini. */
-#define URING_INT_FLAG_REG_RING 1
 struct ur {
     struct io_uring ring;
+    int ring_fd;            /* ours (goev__ur_ring_create); queue_exit closes it */
+    int fd_registered;      /* io_uring_register_ring_fd on the poller thread */
     struct io_uring_buf_ring *br;
     char *bufs;
     size_t br_bytes, bufs_bytes;
     unsigned nbufs, buf_size;
     unsigned nret;          /* buffers given back, not yet published */
-    unsigned live;          /* requests whose last CQE has not come */
+    unsigned ops_out;       /* SQEs whose final CQE has not come back */
     int started;            /* ring enabled by this poller's thread: may submit */
     int stopping;           /* thread_stop: nothing is re-armed */
     int wake_armed;
     uint64_t wake_val;
     size_t opmem_cap;       /* pool block size of a union ur_opmem */
-    pthread_t owner;
 };
 
 /* A connection's part (goev__conn_priv): what is in flight, and a pointer
@@ -128,6 +130,13 @@ union ur_opmem {
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
 static inline struct ur_conn *UC(struct goev__conn *c) { return goev__conn_priv(c); }
 
+/* One of c's ops is over (its final CQE, or undone before submission). */
+static inline void op_done(struct goev__conn *c)
+{
+    goev__assert(UC(c)->ops_out > 0);
+    UC(c)->ops_out--;
+}
+
 static union ur_opmem *opmem_get(struct goev__conn *c)
 {
     size_t cap;
@@ -144,215 +153,6 @@ static void opmem_put(struct goev__conn *c)
         goev__pool_put(&c->p->pool, uc->op_mem, UR(c->p)->opmem_cap);
         uc->op_mem = NULL;
     }
-}
-
-/* ---- ring setup ---------------------------------------------------------- */
-
-static const struct {
-    unsigned flags;
-    const char *name;
-} ring_modes[] = {
-    { IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "SINGLE_ISSUER|DEFER_TASKRUN" },
-    { IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, "COOP_TASKRUN|TASKRUN_FLAG" },
-    { 0, "no setup flags" },
-};
-
-/* Create a ring with the best flags the kernel takes; *mode gets the index
- * into ring_modes.  Only EINVAL (flag unknown to the kernel) steps down. */
-static int ring_create(struct io_uring *ring, unsigned entries, unsigned cq, unsigned extra,
-                       int *mode)
-{
-    int rc = -EINVAL;
-    for (int i = 0; i < (int)(sizeof ring_modes / sizeof ring_modes[0]); i++) {
-        struct io_uring_params prm;
-        memset(&prm, 0, sizeof prm);
-        prm.flags = ring_modes[i].flags | extra | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
-        prm.cq_entries = cq;
-        rc = io_uring_queue_init_params(entries, ring, &prm);
-        if (rc == 0) {
-            *mode = i;
-            return 0;
-        }
-        if (rc != -EINVAL)
-            return rc;
-    }
-    return rc;
-}
-
-/* Page-aligned buffer ring with n entries (a power of two), registered as
- * group BGID.  liburing 2.3 has no io_uring_setup_buf_ring. */
-static int bufring_register(struct io_uring *ring, unsigned n, struct io_uring_buf_ring **out,
-                            size_t *bytes)
-{
-    size_t sz = (size_t)n * sizeof(struct io_uring_buf);
-    long pg = sysconf(_SC_PAGESIZE);
-    sz = (sz + (size_t)pg - 1) & ~((size_t)pg - 1);
-    void *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-        return -errno;
-    struct io_uring_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uintptr_t)m;
-    reg.ring_entries = n;
-    reg.bgid = BGID;
-    int rc = io_uring_register_buf_ring(ring, &reg, 0);
-    if (rc < 0) {
-        munmap(m, sz);
-        return rc;
-    }
-    io_uring_buf_ring_init(m);
-    *out = m;
-    *bytes = sz;
-    return 0;
-}
-
-/* ---- probe ----------------------------------------------------------------- */
-
-static int why_errno(char *why, size_t len, const char *what, int rc)
-{
-    snprintf(why, len, "%s: %s", what, strerror(-rc));
-    return rc;
-}
-
-/* Multishot recv into a provided buffer, on a non-blocking socketpair like
- * the ones goev uses: one byte in, one CQE with a buffer and F_MORE out. */
-static int self_test(struct io_uring *ring, char *why, size_t len)
-{
-    struct io_uring_buf_ring *br;
-    size_t brb;
-    int rc = bufring_register(ring, 2, &br, &brb);
-    if (rc < 0)
-        return why_errno(why, len, "io_uring_register_buf_ring", rc == -EINVAL ? -EOPNOTSUPP : rc);
-    static char bufs[2][64];
-    for (int i = 0; i < 2; i++)
-        io_uring_buf_ring_add(br, bufs[i], sizeof bufs[i], (unsigned short)i, 1, i);
-    io_uring_buf_ring_advance(br, 2);
-
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
-        rc = why_errno(why, len, "socketpair", -errno);
-        goto out_ring;
-    }
-    struct io_uring_sqe *s = io_uring_get_sqe(ring);
-    io_uring_prep_recv_multishot(s, sv[0], NULL, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = BGID;
-    io_uring_sqe_set_data64(s, 1);
-    if (write(sv[1], "g", 1) != 1) {
-        rc = why_errno(why, len, "socketpair write", -errno);
-        goto out_sock;
-    }
-    struct __kernel_timespec ts = { .tv_sec = 1 };
-    struct io_uring_cqe *cqe = NULL;
-    rc = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
-    if (rc < 0 && rc != -ETIME) {
-        /* A refused system call keeps its errno; anything else means the
-         * kernel cannot do what goev needs. */
-        why_errno(why, len, "multishot recv self-test", rc);
-        if (rc != -EPERM && rc != -ENOSYS && rc != -ENOMEM)
-            rc = -EOPNOTSUPP;
-        goto out_sock;
-    }
-    if (io_uring_peek_cqe(ring, &cqe) < 0 || !cqe) {
-        snprintf(why, len, "multishot recv self-test: no completion");
-        rc = -EOPNOTSUPP;
-        goto out_sock;
-    }
-    if (cqe->res != 1 || !(cqe->flags & IORING_CQE_F_BUFFER) || !(cqe->flags & IORING_CQE_F_MORE)) {
-        snprintf(why, len, "multishot recv self-test: res %d flags %#x", cqe->res, cqe->flags);
-        rc = -EOPNOTSUPP;
-        goto out_sock;
-    }
-    rc = 0;
-out_sock:
-    /* End the multishot recv here and reap what it posts.  Left for the
-     * ring's teardown, its cancellation would be task work aimed at this
-     * thread - the application's - and would interrupt a blocking call
-     * there with EINTR (seen on a connect with SO_SNDTIMEO). */
-    io_uring_cq_advance(ring, io_uring_cq_ready(ring));
-    s = io_uring_get_sqe(ring);
-    if (s) {
-        io_uring_prep_cancel64(s, 1, 0);
-        io_uring_sqe_set_data64(s, 2);
-        bool recv_done = false, cancel_done = false;
-        struct __kernel_timespec t1 = { .tv_nsec = 200 * 1000 * 1000 };
-        if (io_uring_submit(ring) >= 0) {
-            while (!(recv_done && cancel_done) &&
-                   io_uring_wait_cqe_timeout(ring, &cqe, &t1) == 0) {
-                if (cqe->user_data == 2)
-                    cancel_done = true;
-                else if (!(cqe->flags & IORING_CQE_F_MORE))
-                    recv_done = true;
-                io_uring_cqe_seen(ring, cqe);
-            }
-        }
-    }
-    close(sv[0]);
-    close(sv[1]);
-out_ring:
-    io_uring_unregister_buf_ring(ring, BGID);
-    munmap(br, brb);
-    return rc;
-}
-
-static int ur_probe(char *why, size_t len)
-{
-    struct io_uring ring;
-    int mode;
-    int rc = ring_create(&ring, 8, 16, 0, &mode);
-    if (rc < 0)
-        return why_errno(why, len, "io_uring_setup", rc);
-    static const struct {
-        unsigned bit;
-        const char *name;
-    } feats[] = {
-        { IORING_FEAT_FAST_POLL, "IORING_FEAT_FAST_POLL" },
-        { IORING_FEAT_NODROP, "IORING_FEAT_NODROP" },
-        { IORING_FEAT_EXT_ARG, "IORING_FEAT_EXT_ARG" },
-    };
-    for (size_t i = 0; i < sizeof feats / sizeof feats[0]; i++)
-        if (!(ring.features & feats[i].bit)) {
-            snprintf(why, len, "kernel lacks %s", feats[i].name);
-            rc = -EOPNOTSUPP;
-            goto out;
-        }
-    /* io_uring_get_probe_ring would hide the errno (a sandbox that allows
-     * io_uring_setup but not io_uring_register answers EPERM). */
-    enum { PROBE_OPS = 256 };
-    struct io_uring_probe *pr = goev__calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
-    if (!pr) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    rc = io_uring_register_probe(&ring, pr, PROBE_OPS);
-    if (rc < 0) {
-        why_errno(why, len, "io_uring opcode probe (io_uring_register)", rc);
-        goev__free(pr);
-        goto out;
-    }
-    static const struct {
-        int op;
-        const char *name;
-    } ops[] = {
-        { IORING_OP_RECV, "RECV" }, { IORING_OP_SEND, "SEND" }, { IORING_OP_SENDMSG, "SENDMSG" },
-        { IORING_OP_ACCEPT, "ACCEPT" }, { IORING_OP_CONNECT, "CONNECT" },
-        { IORING_OP_POLL_ADD, "POLL_ADD" }, { IORING_OP_POLL_REMOVE, "POLL_REMOVE" },
-        { IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL" }, { IORING_OP_READ, "READ" },
-    };
-    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-        if (!io_uring_opcode_supported(pr, ops[i].op)) {
-            snprintf(why, len, "kernel lacks IORING_OP_%s", ops[i].name);
-            rc = -EOPNOTSUPP;
-            break;
-        }
-    goev__free(pr);
-    if (rc == 0)
-        rc = self_test(&ring, why, len);
-    if (rc == 0)
-        snprintf(why, len, "%s", ring_modes[mode].name);
-out:
-    io_uring_queue_exit(&ring);
-    return rc;
 }
 
 /* ---- submission helpers ---------------------------------------------------- */
@@ -379,8 +179,7 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&u->ring);
     if (GOEV__UNLIKELY(!s)) {
-        if (!u->started)
-            return NULL;
+        goev__assert(u->started);   /* before that, arming defers */
         publish_bufs(u);
         io_uring_submit(&u->ring);
         GOEV__STAT_INC(p, sys_submit);
@@ -388,7 +187,7 @@ static struct io_uring_sqe *get_sqe(goev_poller *p, struct ur *u)
         if (!s)
             return NULL;
     }
-    u->live++;
+    u->ops_out++;
     return s;
 }
 
@@ -531,16 +330,16 @@ static void submit_deferred(struct goev__conn *c)
     int rc = 0;
     if (uc->connect_armed && (rc = sq_connect(c)) < 0) {
         uc->connect_armed = 0;
-        uc->ops_out--;
+        op_done(c);
         opmem_put(c);
     }
     if (uc->recv_armed && (rc = sq_recv(c)) < 0) {
         uc->recv_armed = 0;
-        uc->ops_out--;
+        op_done(c);
     }
     if (uc->poll_armed && (rc = sq_poll(c)) < 0) {
         uc->poll_armed = 0;
-        uc->ops_out--;
+        op_done(c);
     }
     if (rc < 0)
         goev__on_error(c, rc);
@@ -583,12 +382,14 @@ static int ur_poller_init(goev_poller *p)
      * in a CQE) plus the one-shot ops; NODROP covers the rest. */
     unsigned cq = 4 * n > CQ_MIN ? 4 * n : CQ_MIN;
     int mode;
-    int rc = ring_create(&u->ring, SQ_ENTRIES, cq, IORING_SETUP_R_DISABLED, &mode);
+    unsigned features;
+    int rc = goev__ur_ring_create(&u->ring, SQ_ENTRIES, cq, IORING_SETUP_R_DISABLED, &mode,
+                                  &u->ring_fd, &features);
     if (rc < 0) {
         goev__free(u);
         return rc;
     }
-    rc = bufring_register(&u->ring, n, &u->br, &u->br_bytes);
+    rc = goev__ur_bufring_register(&u->ring, n, &u->br, &u->br_bytes);
     if (rc < 0)
         goto fail;
     long pg = sysconf(_SC_PAGESIZE);
@@ -614,15 +415,16 @@ fail:
 static int ur_thread_start(goev_poller *p)
 {
     struct ur *u = UR(p);
-    /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
-    int rc = io_uring_register(u->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
-    if (rc < 0)
-        return rc;
+    /* The ring was created disabled, so that it belongs to (single issuer)
+     * the thread that enables it: this one.  liburing 2.3 declares
+     * io_uring_enable_rings but does not export it. */
+    if (syscall(__NR_io_uring_register, u->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
     /* Optional: saves an fd lookup per enter.  Registered per thread, so
      * thread_stop undoes it on this same thread. */
-    io_uring_register_ring_fd(&u->ring);
-    u->owner = pthread_self();
+    u->fd_registered = io_uring_register_ring_fd(&u->ring) == 1;
     u->started = 1;
+    int rc;
     rc = arm_wake(p, u);
     if (rc < 0)
         return rc;
@@ -645,7 +447,7 @@ static int ur_thread_start(goev_poller *p)
 
 static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cqe);
 
-static unsigned reap(goev_poller *p, struct ur *u)
+static void reap(goev_poller *p, struct ur *u)
 {
     unsigned head, n = 0;
     struct io_uring_cqe *cqe;
@@ -659,7 +461,6 @@ static unsigned reap(goev_poller *p, struct ur *u)
         GOEV__STAT_ADD(p, events, n);
     }
     publish_bufs(u);
-    return n;
 }
 
 static void ur_thread_stop(goev_poller *p)
@@ -676,7 +477,7 @@ static void ur_thread_stop(goev_poller *p)
         io_uring_sqe_set_data64(s, 0);
     }
     uint64_t deadline = goev__now_ms() + 5000;
-    while (u->live > 0 && goev__now_ms() < deadline) {
+    while (u->ops_out > 0 && goev__now_ms() < deadline) {
         struct __kernel_timespec ts = { .tv_nsec = 100 * 1000 * 1000 };
         struct io_uring_cqe *cqe;
         int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
@@ -685,9 +486,10 @@ static void ur_thread_stop(goev_poller *p)
             break;
         reap(p, u);
     }
-    if (u->live > 0)
-        fprintf(stderr, "goev: io_uring poller %d: %u operations did not finish\n", p->idx, u->live);
-    io_uring_unregister_ring_fd(&u->ring);
+    if (u->ops_out > 0)
+        goev__debug("io_uring poller %d: %u operations did not finish", p->idx, u->ops_out);
+    if (u->fd_registered && io_uring_unregister_ring_fd(&u->ring) == 1)   /* count undone */
+        u->fd_registered = 0;
     u->started = 0;
 }
 
@@ -696,10 +498,15 @@ static void ur_poller_fini(goev_poller *p)
     struct ur *u = UR(p);
     if (!u)
         return;
-    /* A ring fd still registered belongs to the poller thread's table;
-     * unregistering it from here would hit another ring's slot. */
-    if ((u->ring.int_flags & URING_INT_FLAG_REG_RING) && !pthread_equal(u->owner, pthread_self()))
-        u->ring.int_flags &= (__u8)~URING_INT_FLAG_REG_RING;
+    if (GOEV__UNLIKELY(u->fd_registered)) {
+        /* The poller thread could not unregister the ring fd (cannot
+         * happen short of a kernel failure).  io_uring_queue_exit would
+         * unregister that index of this thread's table, which may be
+         * another ring's: leave the ring be, as a leak. */
+        goev__debug("io_uring poller %d: ring fd still registered; ring left open", p->idx);
+        p->bd = NULL;
+        return;
+    }
     io_uring_queue_exit(&u->ring);  /* also drops the buffer ring registration */
     ur_free(u);
     p->bd = NULL;
@@ -732,7 +539,7 @@ static void ur_conn_pause(struct goev__conn *c)
     struct ur *u = UR(p);
     if (!u->started) {      /* deferred: no SQE yet */
         UC(c)->recv_armed = 0;
-        UC(c)->ops_out--;
+        op_done(c);
         return;
     }
     struct io_uring_sqe *s = get_sqe(p, u);
@@ -881,7 +688,7 @@ static int ur_watch(struct goev__conn *c, unsigned events)
             return 0;
         if (!u->started) {      /* deferred: re-armed below with poll_want */
             UC(c)->poll_armed = 0;
-            UC(c)->ops_out--;
+            op_done(c);
         } else {
             /* The poll's final CQE (-ECANCELED) re-arms with poll_want. */
             struct io_uring_sqe *s = get_sqe(p, u);
@@ -953,9 +760,10 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
     }
     if (flags & IORING_CQE_F_MORE)
         return;
+    goev__assert(UC(c)->recv_armed);
     UC(c)->recv_armed = 0;
     UC(c)->cancel_sent = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -985,14 +793,14 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
         maybe_release(c);
 }
 
-static void on_send(goev_poller *p, struct goev__conn *c, int res)
+static void on_send(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->send_armed);
     size_t offered = c->out.inflight;
     c->out.inflight = 0;
     opmem_put(c);
     UC(c)->send_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -1019,8 +827,9 @@ static void on_send(goev_poller *p, struct goev__conn *c, int res)
 
 static void on_writable(struct goev__conn *c, int res)
 {
+    goev__assert(UC(c)->send_armed);
     UC(c)->send_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -1034,12 +843,12 @@ static void on_writable(struct goev__conn *c, int res)
         maybe_release(c);
 }
 
-static void on_poll(goev_poller *p, struct goev__conn *c, int res)
+static void on_poll(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->poll_armed);
     UC(c)->poll_armed = 0;
     UC(c)->poll_cancel = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
         return;
@@ -1067,11 +876,11 @@ static void on_poll(goev_poller *p, struct goev__conn *c, int res)
     }
 }
 
-static void on_connect(goev_poller *p, struct goev__conn *c, int res)
+static void on_connect(struct goev__conn *c, int res)
 {
-    (void)p;
+    goev__assert(UC(c)->connect_armed);
     UC(c)->connect_armed = 0;
-    UC(c)->ops_out--;
+    op_done(c);
     opmem_put(c);
     if (c->flags & GOEV__C_CLOSING) {
         maybe_release(c);
@@ -1090,6 +899,7 @@ static void on_accept(goev_poller *p, struct ur *u, struct goev__listener *l, in
                       unsigned flags)
 {
     if (!(flags & IORING_CQE_F_MORE)) {
+        goev__assert(l->b.ur.armed);
         l->b.ur.armed = 0;
         l->b.ur.cancel_sent = 0;
     }
@@ -1134,8 +944,10 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
     unsigned op = ud_op(ud);
     unsigned flags = cqe->flags;
     int res = cqe->res;
-    if (!(flags & IORING_CQE_F_MORE))
-        u->live--;
+    if (!(flags & IORING_CQE_F_MORE)) {
+        goev__assert(u->ops_out > 0);
+        u->ops_out--;
+    }
     switch (op) {
     case OP_IGNORE:
         return;
@@ -1150,7 +962,10 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
     }
     struct goev__conn *c = goev__slot_conn(p, ud_slot(ud));
     if (GOEV__UNLIKELY(!c || c->gen != ud_gen(ud))) {
-        /* Cannot happen while slots wait for every CQE; never touch it. */
+        /* A slot is released only after the final CQE of each of its ops;
+         * only a pause's cancel (not one of them) can complete after the
+         * recv it ended, and so find the slot gone.  Never touch it. */
+        goev__assert(op == OP_CANCEL_RECV);
         if (flags & IORING_CQE_F_BUFFER)
             give_back(u, flags >> IORING_CQE_BUFFER_SHIFT);
         return;
@@ -1168,18 +983,19 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         }
         break;
     case OP_SEND:
-        on_send(p, c, res);
+        on_send(c, res);
         break;
     case OP_WRITABLE:
         on_writable(c, res);
         break;
     case OP_POLL:
-        on_poll(p, c, res);
+        on_poll(c, res);
         break;
     case OP_CONNECT:
-        on_connect(p, c, res);
+        on_connect(c, res);
         break;
     default:
+        goev__assert(!"user_data with an unknown op");
         break;
     }
 }
@@ -1220,7 +1036,7 @@ static int ur_wait(goev_poller *p, int timeout_ms)
 const struct goev__backend goev__uring_backend = {
     .name = "io_uring",
     .conn_priv = sizeof(struct ur_conn),
-    .probe = ur_probe,
+    .probe = goev__ur_probe,
     .poller_init = ur_poller_init,
     .thread_start = ur_thread_start,
     .thread_stop = ur_thread_stop,

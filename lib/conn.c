@@ -80,6 +80,7 @@ static void slot_free(struct goev__conn *c)
     __atomic_store_n(&c->gen, gen ? gen : 1, __ATOMIC_RELAXED);
     c->h = NULL;
     c->flags = GOEV__C_DEAD | (c->flags & GOEV__C_DIRTY);   /* see slot_alloc */
+    goev__assert(p->nlive > 0);
     p->free_slots[p->nfree++] = c->slot;
     p->nlive--;
 }
@@ -160,14 +161,14 @@ int goev_handler_fd(const goev_handler *h)
     return h->conn_ ? h->conn_->fd : -1;
 }
 
-/* ---- pending list: kept tails to re-present, on_close to call ------------ */
+/* ---- the later list: kept tails to re-present, on_close to call ---------- */
 
-static void push_pending(struct goev__conn *c)
+static void push_later(struct goev__conn *c)
 {
-    if (!(c->flags & GOEV__C_PENDING)) {
-        c->flags |= GOEV__C_PENDING;
-        c->pend_next = c->p->pending;
-        c->p->pending = c;
+    if (!(c->flags & GOEV__C_LATER)) {
+        c->flags |= GOEV__C_LATER;
+        c->later_next = c->p->later;
+        c->p->later = c;
     }
 }
 
@@ -190,15 +191,15 @@ static void finish(struct goev__conn *c)
         h->ops->on_close(h, reason);
 }
 
-/* One round per call: what gets pending during the round waits for the next
+/* One round per call: what is put on the list during the round waits for the next
  * pass, so a handler that keeps re-arming cannot starve the loop. */
-void goev__run_pending(goev_poller *p)
+void goev__run_later(goev_poller *p)
 {
-    struct goev__conn *c = p->pending;
-    p->pending = NULL;
+    struct goev__conn *c = p->later;
+    p->later = NULL;
     while (c) {
-        struct goev__conn *next = c->pend_next;
-        c->flags &= ~GOEV__C_PENDING;
+        struct goev__conn *next = c->later_next;
+        c->flags &= ~GOEV__C_LATER;
         if (c->flags & GOEV__C_RELEASED)
             finish(c);
         else if (c->in_len && !(c->flags & (GOEV__C_NOREAD | GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
@@ -209,13 +210,14 @@ void goev__run_pending(goev_poller *p)
 
 void goev__on_released(struct goev__conn *c)
 {
+    goev__assert(!(c->flags & GOEV__C_RELEASED));
     if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
         close(c->fd);
         GOEV__STAT_INC(c->p, sys_other);
     }
     c->fd = -1;
     c->flags |= GOEV__C_RELEASED;
-    push_pending(c);
+    push_later(c);
 }
 
 /* ---- close ------------------------------------------------------------- */
@@ -385,8 +387,8 @@ void goev__on_eof(struct goev__conn *c)
         return;
     c->flags |= GOEV__C_EOF;
     if (!(c->flags & GOEV__C_NOREAD))
-        c->p->be->conn_pause(c);
-    if (c->flags & GOEV__C_CLOSE_WANT)
+        c->p->be->conn_pause(c);        /* may fail and close c */
+    if (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))
         return;
     goev_handler *h = c->h;
     int rc = h->ops->on_eof ? h->ops->on_eof(h) : 0;
@@ -425,7 +427,7 @@ static int reading_on(struct goev__conn *c)
     if (c->flags & GOEV__C_NOREAD)
         return 0;
     if (c->in_len)
-        push_pending(c);
+        push_later(c);
     if ((c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT))) {
         int rc = c->p->be->conn_start(c);
         if (rc < 0) {

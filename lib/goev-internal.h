@@ -18,14 +18,6 @@
 #define GOEV__HIDDEN __attribute__((visibility("hidden")))
 #define GOEV__LIKELY(x) __builtin_expect(!!(x), 1)
 #define GOEV__UNLIKELY(x) __builtin_expect(!!(x), 0)
-/* Internal invariants (never network input): checked unless NDEBUG. */
-#ifdef NDEBUG
-#define goev__assert(x) ((void)0)
-#else
-#define goev__assert(x) \
-    (GOEV__LIKELY(x) ? (void)0 : goev__assert_fail(#x, __FILE__, __LINE__))
-#endif
-GOEV__HIDDEN _Noreturn void goev__assert_fail(const char *what, const char *file, int line);
 #define goev__container_of(ptr, type, member) \
     ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -102,7 +94,7 @@ static inline struct goev__fileref *goev__chunk_file(struct goev__chunk *ch)
 struct goev__outq {
     struct goev__chunk *head, *tail;
     size_t bytes;       /* queued, not yet consumed */
-    size_t inflight;    /* handed to the kernel, completion pending */
+    size_t inflight;    /* bytes handed to the kernel, not yet completed */
 };
 
 /* The file range at the head of q, or NULL if memory bytes (or nothing)
@@ -172,7 +164,7 @@ enum {
     GOEV__C_CLOSING     = 1u << 7,  /* backend is tearing down */
     GOEV__C_DIRTY       = 1u << 8,  /* on the poller's flush list */
     GOEV__C_BLOCKED     = 1u << 9,  /* a flush did not take all: on_drained due */
-    GOEV__C_PENDING     = 1u << 10, /* on the pending list (tail re-present) */
+    GOEV__C_LATER       = 1u << 10, /* on the later list (tail re-present, close) */
     GOEV__C_IN_CB       = 1u << 11, /* inside on_read (re-entrancy guard) */
     GOEV__C_KEEP_FD     = 1u << 12, /* watch: do not close the fd */
     GOEV__C_DEAD        = 1u << 13, /* on_close called; slot free */
@@ -200,7 +192,7 @@ struct goev__conn {
     size_t in_cap;
     struct goev__outq out;
     struct goev__conn *dirty_next;  /* flush list link */
-    struct goev__conn *pend_next;   /* pending list link (tail, close) */
+    struct goev__conn *later_next;  /* later list link (tail, close) */
     goev_timer conn_timer;          /* connect timeout */
     goev_handler ih;                /* internal handler of conn_timer (user = c) */
     unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
@@ -340,7 +332,7 @@ struct goev__backend {
      * to sa; the outcome comes as goev__on_connected. */
     int (*connect)(struct goev__conn *c, const struct sockaddr *sa, socklen_t len);
     /* Wait for events up to timeout_ms (-1 = forever, 0 = poll) and
-     * dispatch them through goev__on_*.  Submits pending work in the same
+     * dispatch them through goev__on_*.  Submits queued work in the same
      * call where the backend allows it.  Returns 0 or a negative errno. */
     int (*wait)(goev_poller *p, int timeout_ms);
 };
@@ -368,7 +360,7 @@ struct goev_poller {
     uint32_t nfree;
     /* end-of-pass lists */
     struct goev__conn *dirty;
-    struct goev__conn *pending;
+    struct goev__conn *later;   /* work left for the pass's end: goev__run_later */
     /* cross-thread */
     struct goev__mq mq;
     int wake_fd;                /* eventfd */
@@ -437,7 +429,7 @@ GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 GOEV__HIDDEN void goev__conn_close(struct goev__conn *c, int reason);
 GOEV__HIDDEN int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock);
 GOEV__HIDDEN void goev__handoff(goev_poller *p, goev_acceptor *a, int fd);
-GOEV__HIDDEN void goev__run_pending(goev_poller *p);
+GOEV__HIDDEN void goev__run_later(goev_poller *p);
 GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);
 GOEV__HIDDEN void goev__close_all(goev_poller *p, int reason);
 GOEV__HIDDEN void goev__abandon_all(goev_poller *p);
@@ -480,9 +472,24 @@ GOEV__HIDDEN int goev__sock_keepalive(int fd, int idle_s, int interval_s, int co
 /* Address parsing shared by acceptor and connector. */
 GOEV__HIDDEN int goev__parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
-/* Diagnostics on stderr, only when GOEV_DEBUG is set (and not "0"). */
-GOEV__HIDDEN bool goev__debugging(void);
+/* ---- diagnostics (debug.c) ---------------------------------------------- */
+
+/* Is GOEV_DEBUG set (and not "0")?  Looked up once. */
+GOEV__HIDDEN bool goev__debug_on(void);
+/* One line "goev: ..." on stderr, only when GOEV_DEBUG is set: the library
+ * writes nothing otherwise. */
 GOEV__HIDDEN void goev__debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Internal invariants (never network input or a peer's behaviour): checked
+ * unless NDEBUG; a violation is a bug in goev and aborts with a message. */
+GOEV__HIDDEN void goev__assert_fail(const char *what, const char *file, int line, const char *func)
+    __attribute__((noreturn, cold));
+#ifdef NDEBUG
+#define goev__assert(x) ((void)0)
+#else
+#define goev__assert(x) \
+    (GOEV__LIKELY(x) ? (void)0 : goev__assert_fail(#x, __FILE__, __LINE__, __func__))
+#endif
 
 /* Time */
 GOEV__HIDDEN uint64_t goev__now_ms(void);

@@ -26,37 +26,6 @@ static void set_error(const char *fmt, const char *a, const char *b)
     snprintf(tls_error, sizeof tls_error, fmt, a, b);
 }
 
-void goev__assert_fail(const char *what, const char *file, int line)
-{
-    fprintf(stderr, "goev: internal error: %s (%s:%d)\n", what, file, line);
-    abort();
-}
-
-static int debug_on = -1;   /* GOEV_DEBUG set and not "0"; -1 = not read yet */
-
-bool goev__debugging(void)
-{
-    int on = __atomic_load_n(&debug_on, __ATOMIC_RELAXED);
-    if (on < 0) {
-        const char *e = getenv("GOEV_DEBUG");
-        on = e && *e && strcmp(e, "0") != 0;
-        __atomic_store_n(&debug_on, on, __ATOMIC_RELAXED);
-    }
-    return on;
-}
-
-void goev__debug(const char *fmt, ...)
-{
-    if (!goev__debugging())
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "goev: %s\n", line);
-}
-
 void goev__clock_refresh(goev_poller *p)
 {
     if (tls_poller != p)
@@ -551,12 +520,12 @@ static void poller_loop(goev_poller *p)
             goev__listeners_retry(p);
         if (mq_nonempty(p))
             mq_drain(p, false);
-        goev__run_pending(p);
+        goev__run_later(p);
         goev__flush_dirty(p);
 
         __atomic_store_n(&p->sleeping, 1, __ATOMIC_SEQ_CST);
         int timeout = next_timeout(p);
-        if (p->pending || mq_nonempty(p) || stopping(r))
+        if (p->later || mq_nonempty(p) || stopping(r))
             timeout = 0;
         int rc = p->be->wait(p, timeout);
         __atomic_store_n(&p->sleeping, 0, __ATOMIC_RELAXED);
@@ -589,7 +558,7 @@ static void poller_shutdown(goev_poller *p)
         for (;;) {
             goev__close_all(p, -ECANCELED);
             p->now_ms = goev__now_ms();
-            goev__run_pending(p);
+            goev__run_later(p);
             goev__flush_dirty(p);
             if (!p->nlive || p->now_ms > deadline)
                 break;
@@ -601,7 +570,7 @@ static void poller_shutdown(goev_poller *p)
                  * (poller_fini). */
                 p->failed = 1;
                 goev__abandon_all(p);
-                goev__run_pending(p);
+                goev__run_later(p);
             }
         }
         if (closed)
@@ -617,12 +586,12 @@ static void poller_shutdown(goev_poller *p)
         }
         mq_run(p, m, true);
     }
-    goev__run_pending(p);
+    goev__run_later(p);
     if (p->be->thread_stop)
         p->be->thread_stop(p);
     /* thread_stop reaps the last completions: what they released still gets
      * its on_close. */
-    goev__run_pending(p);
+    goev__run_later(p);
 }
 
 static void pin(goev_poller *p)

@@ -1,0 +1,31 @@
+/* io_uring_probe.h - what backends/io_uring.c and io_uring_probe.c share.
+ * Not installed; included only by those two files. */
+#ifndef GOEV_IO_URING_PROBE_H
+#define GOEV_IO_URING_PROBE_H
+
+#include "goev-internal.h"
+
+#include <liburing.h>
+
+/* Buffer group of the provided-buffer ring (there is one). */
+#define GOEV__UR_BGID 0
+
+/* Set up a ring with the best of the setup modes (SINGLE_ISSUER |
+ * DEFER_TASKRUN, then COOP_TASKRUN | TASKRUN_FLAG, then none) that the
+ * kernel takes, plus `extra` setup flags; CQ of cq entries.  *fd gets the
+ * ring's fd (ours: io_uring_queue_exit closes it), *features the kernel's
+ * IORING_FEAT_* bits, *mode an index for goev__ur_mode_name.  0 or a
+ * negative errno; only EINVAL (a flag the kernel does not know) steps down. */
+GOEV__HIDDEN int goev__ur_ring_create(struct io_uring *ring, unsigned entries, unsigned cq,
+                                      unsigned extra, int *mode, int *fd, unsigned *features);
+GOEV__HIDDEN const char *goev__ur_mode_name(int mode);
+
+/* Page-aligned buffer ring with n entries (a power of two), registered as
+ * group GOEV__UR_BGID; *bytes gets its mapping's size (for munmap). */
+GOEV__HIDDEN int goev__ur_bufring_register(struct io_uring *ring, unsigned n,
+                                           struct io_uring_buf_ring **out, size_t *bytes);
+
+/* The backend's probe hook: can io_uring do what goev needs here? */
+GOEV__HIDDEN int goev__ur_probe(char *why, size_t len);
+
+#endif
