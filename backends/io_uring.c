@@ -52,7 +52,7 @@ enum {
 #define FILE_SLICE ((size_t)1 << 30)   /* most one sendfile is asked for */
 
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
-#define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | (c)->gen)
+#define UD_CONN(op, c) (((uint64_t)(op) << 56) | ((uint64_t)(c)->slot << 32) | goev__gen(c))
 #define UD_LISTENER(l) (((uint64_t)OP_ACCEPT << 56) | ((uint64_t)(uintptr_t)(l) >> 3))
 #define UD_WAKE ((uint64_t)OP_WAKE << 56)
 
@@ -1001,7 +1001,7 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     }
     struct goev__conn *c = goev__slot_conn(p, (uint32_t)(ud >> 32) & 0xffffffu);
-    if (GOEV__UNLIKELY(!c || c->gen != (uint32_t)ud)) {
+    if (GOEV__UNLIKELY(!c || goev__gen(c) != (uint32_t)ud)) {
         /* Cannot happen while slots wait for every CQE; never touch it. */
         if (flags & IORING_CQE_F_BUFFER)
             give_back(u, flags >> IORING_CQE_BUFFER_SHIFT);

@@ -210,6 +210,17 @@ struct goev__conn {
 #define GOEV__SLOT_CHUNK 1024
 #define GOEV__MAX_SLOTS (1u << 24)
 
+/* A slot's generation.  Only its poller writes it (slot_free), but
+ * goev_async_write reads it from any thread: every access is atomic.
+ * Relaxed is enough - a reader only compares it with an id's and the poller
+ * checks again - except that a new chunk's initial generations must be
+ * visible with the chunk pointer, which p->chunks[] publishes with
+ * release/acquire. */
+static inline uint32_t goev__gen(const struct goev__conn *c)
+{
+    return __atomic_load_n(&c->gen, __ATOMIC_RELAXED);
+}
+
 /* conn id: 8 bits poller | 24 bits slot | 32 bits generation (never 0). */
 static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t gen)
 {

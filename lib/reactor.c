@@ -328,7 +328,7 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
         case GOEV__M_CLOSE: {
             uint32_t slot = (uint32_t)(m->u.write.id >> 32) & 0xffffffu;
             struct goev__conn *c = goev__slot_conn(p, slot);
-            if (stopping || !c || c->gen != (uint32_t)m->u.write.id || c->kind != GOEV__K_STREAM)
+            if (stopping || !c || goev__gen(c) != (uint32_t)m->u.write.id || c->kind != GOEV__K_STREAM)
                 GOEV__STAT_INC(p, async_dropped);
             else if (m->kind == GOEV__M_CLOSE)
                 goev_close(c->h);
@@ -394,7 +394,7 @@ static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void 
     /* Early answer for a connection already gone; a close that races with
      * this call is caught again on the poller, which checks the generation. */
     struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
-    if (!chunk || __atomic_load_n(&chunk[slot % GOEV__SLOT_CHUNK].gen, __ATOMIC_RELAXED) != gen)
+    if (!chunk || goev__gen(&chunk[slot % GOEV__SLOT_CHUNK]) != gen)
         return -ENOTCONN;
     struct goev__msg *m = goev__malloc(sizeof *m + len);
     if (!m)
