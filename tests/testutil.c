@@ -773,6 +773,15 @@ void tu_tmpdir_free(char *dir)
 
 /* ---- time --------------------------------------------------------------- */
 
+long tu_scaled(long n, long min)
+{
+    const char *e = getenv("GOEV_TEST_SCALE");
+    long div = e ? strtol(e, NULL, 10) : 1;
+    if (div > 1)
+        n /= div;
+    return n < min ? min : n;
+}
+
 uint64_t tu_now_ms(void)
 {
     struct timespec ts;
