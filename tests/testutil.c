@@ -773,12 +773,16 @@ void tu_tmpdir_free(char *dir)
 
 /* ---- time --------------------------------------------------------------- */
 
-long tu_scaled(long n, long min)
+long tu_scale(void)
 {
     const char *e = getenv("GOEV_TEST_SCALE");
     long div = e ? strtol(e, NULL, 10) : 1;
-    if (div > 1)
-        n /= div;
+    return div > 1 ? div : 1;
+}
+
+long tu_scaled(long n, long min)
+{
+    n /= tu_scale();
     return n < min ? min : n;
 }
 

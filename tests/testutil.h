@@ -184,6 +184,8 @@ uint64_t tu_now_ms(void);
  * TSan makes every memory access several times slower), but never below
  * min. */
 long tu_scaled(long n, long min);
+/* GOEV_TEST_SCALE (>= 1): how much slower the build is. */
+long tu_scale(void);
 void tu_sleep_ms(unsigned ms);
 /* Poll cond every millisecond for up to ms; evaluates to true if it held. */
 #define TU_WAIT_FOR(cond, ms)                                          \
