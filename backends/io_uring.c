@@ -68,7 +68,7 @@ static inline uint64_t ud_make(unsigned op, uint64_t key)
 }
 static inline uint64_t ud_conn(unsigned op, const struct goev__conn *c)
 {
-    return ud_make(op, goev__mkid(0, c->slot, c->gen));
+    return ud_make(op, goev__mkid(0, c->slot, goev__gen(c)));
 }
 static inline uint64_t ud_listener(const struct goev__listener *l)
 {
@@ -961,7 +961,7 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         break;
     }
     struct goev__conn *c = goev__slot_conn(p, ud_slot(ud));
-    if (GOEV__UNLIKELY(!c || c->gen != ud_gen(ud))) {
+    if (GOEV__UNLIKELY(!c || goev__gen(c) != ud_gen(ud))) {
         /* A slot is released only after the final CQE of each of its ops;
          * only a pause's cancel (not one of them) can complete after the
          * recv it ended, and so find the slot gone.  Never touch it. */

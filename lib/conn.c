@@ -42,7 +42,8 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
             }
             p->free_slots = fs;
             for (uint32_t i = 0; i < GOEV__SLOT_CHUNK; i++)
-                goev__chunk_slot(p, chunk, i)->gen = 1;
+                __atomic_store_n(&goev__chunk_slot(p, chunk, i)->gen, 1, __ATOMIC_RELAXED);
+            /* release: the generations above are seen with the pointer */
             __atomic_store_n(&p->chunks[ci], chunk, __ATOMIC_RELEASE);
             p->nchunks = ci + 1;
         }
@@ -76,8 +77,8 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
 static void slot_free(struct goev__conn *c)
 {
     goev_poller *p = c->p;
-    uint32_t gen = c->gen + 1;
-    __atomic_store_n(&c->gen, gen ? gen : 1, __ATOMIC_RELAXED);
+    uint32_t gen = goev__gen(c) + 1;
+    __atomic_store_n(&c->gen, gen ? gen : 1, __ATOMIC_RELAXED);    /* see goev__gen */
     c->h = NULL;
     c->flags = GOEV__C_DEAD | (c->flags & GOEV__C_DIRTY);   /* see slot_alloc */
     goev__assert(p->nlive > 0);
@@ -153,7 +154,7 @@ goev_conn_id goev_handler_id(const goev_handler *h)
     const struct goev__conn *c = h->conn_;
     if (!c || c->kind != GOEV__K_STREAM)
         return 0;
-    return goev__mkid((uint32_t)c->p->idx, c->slot, c->gen);
+    return goev__mkid((uint32_t)c->p->idx, c->slot, goev__gen(c));
 }
 
 int goev_handler_fd(const goev_handler *h)

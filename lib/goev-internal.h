@@ -217,6 +217,17 @@ _Static_assert(GOEV__ID_POLLER_BITS + GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS == 
  * the slot table is also the connection pool (freed slots are reused). */
 #define GOEV__SLOT_CHUNK 1024
 
+/* A slot's generation.  Only its poller writes it (slot_free), but
+ * goev_async_write reads it from any thread: every access is atomic.
+ * Relaxed is enough - a reader only compares it with an id's and the poller
+ * checks again - except that a new chunk's initial generations must be
+ * visible with the chunk pointer, which p->chunks[] publishes with
+ * release/acquire. */
+static inline uint32_t goev__gen(const struct goev__conn *c)
+{
+    return __atomic_load_n(&c->gen, __ATOMIC_RELAXED);
+}
+
 static inline goev_conn_id goev__mkid(uint32_t poller, uint32_t slot, uint32_t gen)
 {
     return ((uint64_t)poller << (GOEV__ID_SLOT_BITS + GOEV__ID_GEN_BITS)) |

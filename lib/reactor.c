@@ -355,7 +355,7 @@ static void mq_run(goev_poller *p, struct goev__msg *m, bool stopping)
         case GOEV__M_WRITE:
         case GOEV__M_CLOSE: {
             struct goev__conn *c = goev__slot_conn(p, goev__id_slot(m->u.write.id));
-            if (stopping || !c || c->gen != goev__id_gen(m->u.write.id) || c->kind != GOEV__K_STREAM)
+            if (stopping || !c || goev__gen(c) != goev__id_gen(m->u.write.id) || c->kind != GOEV__K_STREAM)
                 GOEV__STAT_INC(p, async_dropped);
             else if (m->kind == GOEV__M_CLOSE)
                 goev_close(c->h);
@@ -429,7 +429,7 @@ static int async_msg(goev_reactor *r, goev_conn_id id, uint8_t kind, const void 
      * this call is caught again on the poller, which checks the generation. */
     struct goev__conn *chunk = __atomic_load_n(&p->chunks[slot / GOEV__SLOT_CHUNK], __ATOMIC_ACQUIRE);
     if (!chunk ||
-        __atomic_load_n(&goev__chunk_slot(p, chunk, slot % GOEV__SLOT_CHUNK)->gen, __ATOMIC_RELAXED) != gen)
+        goev__gen(goev__chunk_slot(p, chunk, slot % GOEV__SLOT_CHUNK)) != gen)
         return -ENOTCONN;
     struct goev__msg *m = goev__malloc(sizeof *m + len);
     if (!m)

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static void init_test(void)
@@ -411,6 +412,164 @@ Test(async, close_after_writes, .init = init_test, .timeout = TU_TIMEOUT)
     close(fd);
     tu_reactor_stop_wait(s.r);
     asrv_fini(&s);
+    tu_assert_no_failures();
+    tu_assert_fds(fds);
+}
+
+/* ---- ids of connections that are closing and being replaced -------------- */
+
+/* The poller opens and closes connections (over socketpairs) as fast as it
+ * can, so their slots are freed and reused with a new generation, while
+ * other threads send goev_async_write and goev_async_close to the ids it
+ * publishes - ids of open connections, of closing ones and of slots already
+ * reused.  goev_async_write reads a slot's generation on the calling
+ * thread while the poller changes it: under ThreadSanitizer, a plain access
+ * to it on either side is a reported race.  Every call must answer 0 or
+ * -ENOTCONN, and the old id must never reach the new connection (the
+ * write_to_closed_connection case checks the bytes). */
+#define CHURN_K 8           /* connections cycling at once */
+#define CHURN_BATCH 16      /* opens/closes per posted step */
+#define CHURN_HAMMERS 1
+
+struct churn;
+
+struct churn_conn {
+    goev_handler h;
+    struct churn *ch;
+    int state;              /* 0 free, 1 open, 2 closing (poller thread) */
+    int peer;               /* the socketpair's other end */
+};
+
+struct churn {
+    goev_reactor *r;
+    struct churn_conn c[CHURN_K];
+    goev_conn_id ids[CHURN_K];  /* for the hammer threads */
+    unsigned next, ops, max_ops;
+    int opens, closes, errors;
+    int done;
+};
+
+static ssize_t churn_on_read(goev_handler *h, const char *d, size_t n)
+{
+    return (ssize_t)n;
+}
+
+static void churn_on_close(goev_handler *h, int reason)
+{
+    struct churn_conn *cc = (struct churn_conn *)h;
+    close(cc->peer);
+    cc->peer = -1;
+    cc->state = 0;
+    TU_INC(&cc->ch->closes);
+}
+
+static const struct goev_handler_ops churn_ops = {
+    .on_read = churn_on_read, .on_close = churn_on_close,
+};
+
+static void churn_step(goev_poller *p, void *arg)
+{
+    struct churn *ch = arg;
+    for (int i = 0; i < CHURN_BATCH; i++, ch->ops++) {
+        struct churn_conn *cc = &ch->c[ch->next++ % CHURN_K];
+        if (cc->state == 1) {
+            /* Graceful or abrupt: writes already queued go out or not. */
+            if (ch->ops & 1)
+                goev_close(&cc->h);
+            else
+                goev_abort(&cc->h);
+            cc->state = 2;
+        } else if (cc->state == 0) {
+            int sv[2];
+            if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+                TU_INC(&ch->errors);
+                continue;
+            }
+            goev_handler_init(&cc->h, &churn_ops);
+            cc->ch = ch;
+            int rc = goev_conn_open(p, &cc->h, sv[0]);
+            if (rc < 0) {
+                TU_CHECK(0, "goev_conn_open: %d", rc);
+                close(sv[0]);
+                close(sv[1]);
+                continue;
+            }
+            cc->peer = sv[1];
+            cc->state = 1;
+            TU_INC(&ch->opens);
+            TU_STORE(&ch->ids[cc - ch->c], goev_handler_id(&cc->h));
+        }
+    }
+    if (ch->ops < ch->max_ops)
+        TU_CHECK(goev_post(p, churn_step, ch) == 0, "goev_post");
+    else
+        TU_STORE(&ch->done, 1);
+}
+
+struct churn_hammer {
+    pthread_t th;
+    struct churn *ch;
+    uint64_t ok, notconn, other;
+    int last_other;
+};
+
+static void *churn_hammer_main(void *arg)
+{
+    struct churn_hammer *hm = arg;
+    static const char rec[16] = "0123456789abcde";
+    for (unsigned n = 0; !TU_LOAD(&hm->ch->done); n++) {
+        /* Throttled, to leave the poller the time to churn. */
+        if ((n & 15) == 0)
+            usleep(20);
+        goev_conn_id id = TU_LOAD(&hm->ch->ids[n % CHURN_K]);
+        if (!id)
+            continue;
+        int rc = (n & 7) == 7 ? goev_async_close(hm->ch->r, id)
+                              : goev_async_write(hm->ch->r, id, rec, sizeof rec);
+        if (rc == 0) {
+            hm->ok++;
+        } else if (rc == -ENOTCONN) {
+            hm->notconn++;
+        } else {
+            hm->other++;
+            hm->last_other = rc;
+        }
+    }
+    return NULL;
+}
+
+Test(async, ids_of_closing_and_reused_slots, .init = init_test, .timeout = TU_TIMEOUT)
+{
+    int fds = tu_fd_count();
+    static struct churn ch;
+    memset(&ch, 0, sizeof ch);
+    ch.r = tu_reactor_new(1);
+    ch.max_ops = (unsigned)tu_scaled(40000, 4000);
+    for (int k = 0; k < CHURN_K; k++)
+        ch.c[k].peer = -1;
+    tu_reactor_start(ch.r);
+    struct churn_hammer hm[CHURN_HAMMERS];
+    for (int i = 0; i < CHURN_HAMMERS; i++) {
+        hm[i] = (struct churn_hammer){.ch = &ch};
+        cr_assert(pthread_create(&hm[i].th, NULL, churn_hammer_main, &hm[i]) == 0);
+    }
+    cr_assert_eq(goev_post(goev_reactor_poller(ch.r, 0), churn_step, &ch), 0);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&ch.done), 15000), "the churn did not finish");
+    uint64_t ok = 0, notconn = 0;
+    for (int i = 0; i < CHURN_HAMMERS; i++) {
+        pthread_join(hm[i].th, NULL);
+        cr_assert_eq(hm[i].other, 0, "goev_async_write/close answered %d", hm[i].last_other);
+        ok += hm[i].ok;
+        notconn += hm[i].notconn;
+    }
+    tu_reactor_stop_wait(ch.r);
+    goev_reactor_free(ch.r);
+    cr_assert_eq(ch.errors, 0, "socketpair failed");
+    cr_assert_gt(ch.opens, 100, "only %d connections opened", ch.opens);
+    cr_assert_eq(ch.opens, ch.closes, "%d opened, %d closed", ch.opens, ch.closes);
+    /* Both kinds of answer were seen: ids of live and of gone connections. */
+    cr_assert(ok > 0 && notconn > 0, "%llu accepted, %llu refused", (unsigned long long)ok,
+              (unsigned long long)notconn);
     tu_assert_no_failures();
     tu_assert_fds(fds);
 }

@@ -15,15 +15,15 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UNDER_SANITIZER 1
 #endif
 #endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
+#ifndef UNDER_SANITIZER
+#define UNDER_SANITIZER 0
 #endif
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
@@ -545,7 +545,7 @@ Test(outq, consume_frees_emptied_chunks)
  * this cannot run under either. */
 Test(outq, append_enomem_leaves_queue_unchanged)
 {
-    if (UNDER_ASAN || RUNNING_ON_VALGRIND)
+    if (UNDER_SANITIZER || RUNNING_ON_VALGRIND)
         cr_skip_test("address-space limit unusable under sanitizers/valgrind");
     struct goev__pool pl;
     struct goev__outq q = {0};

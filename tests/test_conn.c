@@ -427,7 +427,7 @@ static ssize_t ad_on_read(goev_handler *h, const char *d, size_t n)
     }
     if (used && a->consumed_len + used <= sizeof a->consumed) {
         memcpy(a->consumed + a->consumed_len, d, used);
-        a->consumed_len += used;
+        TU_STORE(&a->consumed_len, a->consumed_len + used);  /* the test watches it */
     }
     TU_INC(&a->reads);
     return (ssize_t)used;
@@ -526,15 +526,15 @@ Test(conn, shutdown_half_close, .init = init_test, .timeout = TU_TIMEOUT)
     size_t extra = 99;
     cr_assert_eq(tu_wait_eof(e.peer, 5000, &extra), 1, "no EOF after goev_shutdown");
     cr_assert_eq(extra, 0, "bytes written after shutdown reached the peer");
-    cr_assert_eq(e.a.write_after_shut, -ENOTCONN, "goev_write after shutdown: %d",
-                 e.a.write_after_shut);
+    cr_assert_eq(TU_LOAD(&e.a.write_after_shut), -ENOTCONN, "goev_write after shutdown: %d",
+                 TU_LOAD(&e.a.write_after_shut));
     /* ... while reading goes on. */
     cr_assert(tu_write_all(e.peer, "hello", 5) == 0);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&e.a.reads) >= 1, 5000), "reading stopped after shutdown");
-    cr_assert_eq(e.a.consumed_len, 5);
+    cr_assert_eq(TU_LOAD(&e.a.consumed_len), 5);
     cr_assert(memcmp(e.a.consumed, "hello", 5) == 0);
-    cr_assert_eq(e.a.write_after_shut, -ENOTCONN, "goev_write after shutdown: %d",
-                 e.a.write_after_shut);
+    cr_assert_eq(TU_LOAD(&e.a.write_after_shut), -ENOTCONN, "goev_write after shutdown: %d",
+                 TU_LOAD(&e.a.write_after_shut));
     adopt_end(&e);
 }
 
@@ -599,17 +599,17 @@ Test(conn, pause_resume, .init = init_test, .timeout = TU_TIMEOUT)
     adopt_begin(&e, M_LINES);
     struct adopted *a = &e.a;
     cr_assert(tu_write_all(e.peer, "abc\nde", 6) == 0);
-    cr_assert(TU_WAIT_FOR(a->consumed_len == 4, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&a->consumed_len) == 4, 5000));
     tu_run_on(goev_reactor_poller(e.r, 0), do_pause, a);
     int reads = TU_LOAD(&a->reads);
     cr_assert(tu_write_all(e.peer, "fgh\n", 4) == 0);
     tu_sleep_ms(200);
     cr_assert_eq(TU_LOAD(&a->reads), reads, "on_read called while paused");
     tu_run_on(goev_reactor_poller(e.r, 0), do_resume, a);
-    cr_assert(TU_WAIT_FOR(a->consumed_len == 10, 5000), "consumed %zu bytes after resume",
-              a->consumed_len);
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&a->consumed_len) == 10, 5000), "consumed %zu bytes after resume",
+              TU_LOAD(&a->consumed_len));
     cr_assert(memcmp(a->consumed, "abc\ndefgh\n", 10) == 0, "stream after resume: %.*s",
-              (int)a->consumed_len, a->consumed);
+              (int)TU_LOAD(&a->consumed_len), a->consumed);
 
     /* A kept tail comes back on resume even when no new byte arrives. */
     cr_assert(tu_write_all(e.peer, "xy", 2) == 0);
@@ -619,7 +619,7 @@ Test(conn, pause_resume, .init = init_test, .timeout = TU_TIMEOUT)
     TU_STORE(&a->last_len, 0);
     tu_run_on(goev_reactor_poller(e.r, 0), do_resume, a);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&a->reads) > reads, 2000), "kept tail not re-presented");
-    cr_assert_eq(a->last_len, 2);
+    cr_assert_eq(TU_LOAD(&a->last_len), 2);
     cr_assert(memcmp(a->last, "xy", 2) == 0);
     cr_assert_eq(a->reads_while_paused, 0);
     adopt_end(&e);
@@ -705,8 +705,8 @@ Test(conn, abort_drops_queue, .init = init_test, .timeout = TU_TIMEOUT)
     tu_sleep_ms(50);
     tu_run_on(goev_reactor_poller(e.r, 0), do_abort, &b);
     cr_assert(b.pending > 0, "nothing was queued when aborting: test is void");
-    cr_assert_eq(e.a.write_after_close, -ENOTCONN, "goev_write after abort: %d",
-                 e.a.write_after_close);
+    cr_assert_eq(TU_LOAD(&e.a.write_after_close), -ENOTCONN, "goev_write after abort: %d",
+                 TU_LOAD(&e.a.write_after_close));
     cr_assert(TU_WAIT_FOR(TU_LOAD(&e.a.closes) == 1, 5000));
     cr_assert_eq(e.a.reason, -ECONNABORTED, "on_close(%d) after goev_abort", e.a.reason);
     /* The peer gets what the kernel had, then EOF: never the whole queue. */
@@ -735,14 +735,14 @@ Test(conn, write_after_close, .init = init_test, .timeout = TU_TIMEOUT)
     cr_assert_eq(n, 4, "peer got %zd bytes", n);
     cr_assert(memcmp(buf, "last", 4) == 0);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&e.a.closes) == 1, 5000));
-    cr_assert_eq(e.a.write_after_close, -ENOTCONN, "goev_write after goev_close: %d",
-                 e.a.write_after_close);
+    cr_assert_eq(TU_LOAD(&e.a.write_after_close), -ENOTCONN, "goev_write after goev_close: %d",
+                 TU_LOAD(&e.a.write_after_close));
     cr_assert_eq(e.a.reason, 0);
     /* And after on_close, the handler has no connection at all. */
-    e.a.write_after_close = 0;
+    TU_STORE(&e.a.write_after_close, 0);
     tu_run_on(goev_reactor_poller(e.r, 0), do_check_write_dead, &e.a);
-    cr_assert_eq(e.a.write_after_close, -ENOTCONN, "goev_write after on_close: %d",
-                 e.a.write_after_close);
+    cr_assert_eq(TU_LOAD(&e.a.write_after_close), -ENOTCONN, "goev_write after on_close: %d",
+                 TU_LOAD(&e.a.write_after_close));
     adopt_end(&e);
 }
 
@@ -823,7 +823,7 @@ Test(conn, watch_eventfd, .init = init_test, .timeout = TU_TIMEOUT)
     efd_add(efd, 5);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&w.total) == 5, 5000), "eventfd value never read");
     cr_assert(w.readies >= 4, "on_ready %d times: not level-triggered", w.readies);
-    cr_assert(w.last_events & GOEV_READ);
+    cr_assert(TU_LOAD(&w.last_events) & GOEV_READ);
     /* Interest 0: readable but not reported. */
     w.want = 0;
     tu_run_on(p, do_update, &w);
@@ -867,7 +867,7 @@ Test(conn, watch_keep_fd_and_write, .init = init_test, .timeout = TU_TIMEOUT)
     cr_assert_eq(goev_watch(p, &w2.h, pfd[0], GOEV_READ | GOEV_WATCH_KEEP_FD), 0);
     tu_reactor_start(r);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&w.readies) > 0, 5000), "no GOEV_WRITE readiness");
-    cr_assert(w.last_events & GOEV_WRITE);
+    cr_assert(TU_LOAD(&w.last_events) & GOEV_WRITE);
     tu_run_on(p, do_close, &w.h);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&w.closes) == 1, 5000));
     cr_assert(fcntl(pfd[1], F_GETFD) != -1, "KEEP_FD watch closed its fd");
@@ -875,7 +875,7 @@ Test(conn, watch_keep_fd_and_write, .init = init_test, .timeout = TU_TIMEOUT)
      * (EOF) and reports it. */
     close(pfd[1]);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&w2.readies) > 0, 5000), "pipe EOF not reported");
-    cr_assert(w2.last_events & (GOEV_READ | GOEV_ERROR));
+    cr_assert(TU_LOAD(&w2.last_events) & (GOEV_READ | GOEV_ERROR));
     tu_run_on(p, do_close, &w2.h);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&w2.closes) == 1, 5000));
     tu_reactor_stop_wait(r);

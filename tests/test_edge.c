@@ -53,9 +53,9 @@ static void ec_on_close(goev_handler *h, int reason)
 {
     struct ec *e = (struct ec *)h;
     TU_STORE(&e->reason, reason);
-    TU_INC(&e->closes);
     if (e->close_hook)
         e->close_hook(e, reason);
+    TU_INC(&e->closes);     /* after the hook: the test reads what it set */
 }
 
 static const struct goev_handler_ops ec_ops = {
@@ -387,7 +387,7 @@ static ssize_t bulk_on_read(goev_handler *h, const char *d, size_t n)
 static int bulk_on_drained(goev_handler *h)
 {
     struct ec *e = (struct ec *)h;
-    e->got++;   /* drained calls */
+    TU_INC(&e->got);    /* drained calls; the test thread waits on it */
     return goev_resume_read(h);
 }
 
@@ -425,7 +425,7 @@ Test(edge, drained_after_pause_when_sent_at_once, .init = init_test, .timeout = 
         cr_assert_eq(tu_read_exact(fd, buf, sizeof buf), 0, "answer %d never came: paused for good", i);
         /* Let the server see its queue empty (and resume) before the next
          * "go", so each one is a read of its own. */
-        cr_assert(TU_WAIT_FOR(TU_LOAD(&e.got) == (size_t)i + 1, 5000), "on_drained %zu", e.got);
+        cr_assert(TU_WAIT_FOR(TU_LOAD(&e.got) == (size_t)i + 1, 5000), "on_drained %zu", TU_LOAD(&e.got));
     }
     close(fd);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&e.closes) == 1, 5000));

@@ -159,8 +159,8 @@ static void lease_close(goev_handler *h, int reason)
 {
     struct job *j = h->user;
     if (j) {
-        j->closes++;
         j->close_reason = reason;
+        TU_INC(&j->closes);     /* last: the test thread waits on it */
     }
 }
 
@@ -172,11 +172,13 @@ static void job_cb(goev_pool_req *req, goev_handler *conn, int err)
 {
     struct job *j = req->user;
     struct cli *cl = j->cl;
-    cl->callbacks++;
     if (cl->norder < 64)
         cl->order[cl->norder++] = j->idx;
     cli_peak(cl);
     j->err = err;
+    /* After what it publishes: the test thread waits on it, then reads
+     * err and order. */
+    TU_INC(&cl->callbacks);
     if (!conn) {
         TU_INC(&cl->errors);
         return;
@@ -383,7 +385,7 @@ Test(pool, waiters_in_order_and_cancel, .init = init_test, .timeout = TU_TIMEOUT
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 5);
     cr_assert_eq(queue(&cl, 0, 1, 0), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 1, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 1, 5000));
     cr_assert_eq(queue(&cl, 1, 5, 0), 0);
     tu_sleep_ms(50);
     cr_assert_eq(stats(&cl).waiting, 4);
@@ -420,10 +422,10 @@ Test(pool, acquire_timeout, .init = init_test, .timeout = TU_TIMEOUT)
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 2);
     cr_assert_eq(queue(&cl, 0, 1, 0), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 1, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 1, 5000));
     uint64_t t0 = tu_now_ms();
     cr_assert_eq(queue(&cl, 1, 2, 150), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 2, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 2, 5000));
     cr_assert_geq(tu_now_ms() - t0, 140, "timed out early");
     cr_assert_eq(cl.jobs[1].err, -ETIMEDOUT);
     struct goev_pool_stats st = stats(&cl);
@@ -431,7 +433,7 @@ Test(pool, acquire_timeout, .init = init_test, .timeout = TU_TIMEOUT)
     cr_assert_eq(st.waiting, 0);
     cr_assert_eq(st.acquired, 1);
     tu_run_on(cl.p, free_pool, &cl);
-    cr_assert(TU_WAIT_FOR(cl.jobs[0].closes == 1, 5000), "the held lease ends when the pool is freed");
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.jobs[0].closes) == 1, 5000), "the held lease ends when the pool is freed");
     cr_assert_eq(cl.jobs[0].close_reason, -ECANCELED);
     cli_stop(&cl);
     esrv_stop(&s);
@@ -516,7 +518,7 @@ Test(pool, backoff_on_refused, .init = init_test, .timeout = TU_TIMEOUT)
     jobs_alloc(&cl, 1);
     uint64_t t0 = tu_now_ms();
     cr_assert_eq(queue(&cl, 0, 1, 10000), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 1, 3000), "the waiter was not answered");
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 1, 3000), "the waiter was not answered");
     cr_assert_eq(cl.jobs[0].err, -ECONNREFUSED, "err %d", cl.jobs[0].err);
     cr_assert_lt(tu_now_ms() - t0, 2000);
     cli_stop(&cl);
@@ -623,8 +625,8 @@ static const struct goev_handler_ops half_ops = {.on_read = half_read};
 static void job_two_lines(goev_pool_req *req, goev_handler *conn, int err)
 {
     struct job *j = req->user;
-    j->cl->callbacks++;
     j->err = err;
+    TU_INC(&j->cl->callbacks);
     if (!conn)
         return;
     conn->user = j;
@@ -698,13 +700,13 @@ Test(pool, free_answers_everyone, .init = init_test, .timeout = TU_TIMEOUT)
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 4);
     cr_assert_eq(queue(&cl, 0, 4, 0), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 2, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 2, 5000));
     cr_assert_eq(stats(&cl).waiting, 2);
     tu_run_on(cl.p, free_pool, &cl);
     cr_assert_eq(cl.callbacks, 4, "waiters answered during goev_pool_free");
     cr_assert_eq(cl.jobs[2].err, -ECANCELED);
     cr_assert_eq(cl.jobs[3].err, -ECANCELED);
-    cr_assert(TU_WAIT_FOR(cl.jobs[0].closes == 1 && cl.jobs[1].closes == 1, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.jobs[0].closes) == 1 && TU_LOAD(&cl.jobs[1].closes) == 1, 5000));
     cr_assert_eq(cl.jobs[0].close_reason, -ECANCELED);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&s.cur) == 0, 5000), "server still has %d", s.cur);
     int rc[5];
@@ -732,7 +734,7 @@ Test(pool, reactor_stop_then_free, .init = init_test, .timeout = TU_TIMEOUT)
     cli_start(&cl, s.port);
     jobs_alloc(&cl, 3);
     cr_assert_eq(queue(&cl, 0, 3, 0), 0);
-    cr_assert(TU_WAIT_FOR(cl.callbacks == 1, 5000));
+    cr_assert(TU_WAIT_FOR(TU_LOAD(&cl.callbacks) == 1, 5000));
     tu_reactor_stop_wait(cl.r);
     cr_assert_eq(cl.callbacks, 3, "waiters not answered at stop");
     cr_assert_eq(cl.jobs[1].err, -ECANCELED);

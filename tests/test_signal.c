@@ -3,9 +3,13 @@
  * Each case runs goev in a child process of its own, the way a server
  * runs: the child blocks nothing by hand (goev_signal_watch does it on the
  * thread that will run poller 0), and the test process sends it real
- * process-directed signals with kill(2) and sigqueue(3).  A fork also keeps
- * Criterion's own thread, which blocks nothing, out of the way: a signal the
- * kernel handed to it would kill the test instead of testing goev.
+ * process-directed signals with kill(2) and sigqueue(3).  A child process
+ * also keeps Criterion's own thread, which blocks nothing, out of the way: a
+ * signal the kernel handed to it would kill the test instead of testing goev.
+ * The child is this test program executed again (see child_entry), not a
+ * bare fork: after fork() a process that had threads may only make
+ * async-signal-safe calls, and ThreadSanitizer refuses to start threads in
+ * one.
  *
  * The child reports every on_signal as a line on a pipe; the parent checks
  * that each signal sent arrives exactly once, in order, with its sender. */
@@ -202,20 +206,53 @@ struct child {
     size_t len;
 };
 
+/* The child's scenario, from the environment of the re-executed program:
+ * CHILD_ENV=main,POLLERS,FAIL_ON_USR1,FD or poller,0,0,FD, FD being the
+ * write end of the report pipe.  Runs before Criterion's main. */
+#define CHILD_ENV "GOEV_TEST_SIGNAL_CHILD"
+
+__attribute__((constructor)) static void child_entry(void)
+{
+    const char *v = getenv(CHILD_ENV);
+    if (!v)
+        return;
+    char kind[16];
+    int a, b, fd;
+    if (sscanf(v, "%15[a-z],%d,%d,%d", kind, &a, &b, &fd) != 4)
+        _exit(20);
+    report_fd = fd;
+    _exit(strcmp(kind, "main") == 0 ? child_main(a, b) : child_poller());
+}
+
+extern char **environ;
+
 static void start_child(struct child *ch, int (*fn)(int, int), int a, int b, int (*fn0)(void))
 {
     int pfd[2];
     cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
+    cr_assert(fn == child_main || fn0 == child_poller);
+    /* Everything exec needs is made before the fork. */
+    static char var[96];
+    snprintf(var, sizeof var, CHILD_ENV "=%s,%d,%d,%d", fn ? "main" : "poller", a, b, pfd[1]);
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **envp = calloc(n + 2, sizeof *envp);
+    cr_assert(envp);
+    memcpy(envp, environ, n * sizeof *envp);
+    envp[n] = var;
+    char *const argv[] = {"test_signal-child", NULL};
     ch->len = 0;
     ch->pid = fork();
     cr_assert(ch->pid >= 0);
     if (ch->pid == 0) {
         /* A failing assertion ends the test process: take the child along. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        close(pfd[0]);
-        report_fd = pfd[1];
-        _exit(fn ? fn(a, b) : fn0());
+        fcntl(pfd[1], F_SETFD, 0);      /* the report pipe survives exec */
+        execve("/proc/self/exe", argv, envp);
+        _exit(21);
     }
+    free(envp);
     close(pfd[1]);
     ch->fd = pfd[0];
 }

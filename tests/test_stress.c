@@ -101,12 +101,15 @@ static int srv_on_open(goev_handler *h)
     struct conn *c = live(h, "on_open");
     struct srv *s = c->s;
     c->id = goev_handler_id(h);
+    /* Numbered and counted under the lock, counted after tab[] is set:
+     * with several pollers, two could otherwise take the same number, and
+     * the test thread reads tab[k] once it sees opens > k. */
     pthread_mutex_lock(&s->mu);
-    c->idx = s->opens;
+    c->idx = TU_LOAD(&s->opens);
     if (c->idx < MAX_CONNS)
         s->tab[c->idx] = c;
-    pthread_mutex_unlock(&s->mu);
     TU_INC(&s->opens);
+    pthread_mutex_unlock(&s->mu);
     return 0;
 }
 
@@ -174,7 +177,7 @@ static struct goev_stats stats(struct srv *s)
 static ssize_t echo_on_read(goev_handler *h, const char *data, size_t len)
 {
     struct conn *c = live(h, "on_read");
-    c->bytes_in += len;
+    TU_ADD(&c->bytes_in, len);     /* the test thread watches it */
     TU_ADD(&c->s->bytes_in, len);
     int rc = goev_write(h, data, len);
     TU_CHECK(rc == 0, "goev_write: %d", rc);
@@ -309,7 +312,7 @@ static ssize_t fl_on_read(goev_handler *h, const char *data, size_t len)
 {
     struct conn *c = live(h, "on_read");
     (void)data;
-    c->bytes_in += len;
+    TU_ADD(&c->bytes_in, len);     /* the test thread watches it */
     TU_ADD(&c->s->bytes_in, len);
     return (ssize_t)len;
 }
@@ -505,7 +508,7 @@ static void *aw_write_thread(void *arg)
             w->ok++;
         } else {
             TU_CHECK(rc == -ENOTCONN || rc == -ENOMEM, "goev_async_write: %d", rc);
-            w->refused++;
+            TU_INC(&w->refused);    /* the test thread waits on it */
             if (w->refused > 20000)
                 break;
         }

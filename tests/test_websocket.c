@@ -30,7 +30,9 @@
 #error "WS_SERVER, WS_CLIENT and WS_NODE_PATH come from Makefile.am"
 #endif
 
-#define CLIENT_KILL_MS 15000    /* client.js gives up after 10 s by itself */
+/* client.js gives up after 10 s by itself, tu_scale() times that when
+ * GOEV_TEST_SCALE says the build is slower. */
+#define CLIENT_KILL_MS (5000 + 10000 * tu_scale())
 #define SERVER_START_MS 10000
 #define SERVER_STOP_MS 10000
 
@@ -326,7 +328,19 @@ static void ws_fini(void)
     server_kill();
 }
 
-#define WS_TEST(name) Test(websocket, name, .init = ws_init, .fini = ws_fini, .timeout = TU_TIMEOUT)
+/* Under ThreadSanitizer the server is several times slower, and the big
+ * messages of back_pressure take more than TU_TIMEOUT on a loaded machine. */
+#if defined(__SANITIZE_THREAD__)
+#define WS_TIMEOUT (3 * TU_TIMEOUT)
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define WS_TIMEOUT (3 * TU_TIMEOUT)
+#endif
+#endif
+#ifndef WS_TIMEOUT
+#define WS_TIMEOUT TU_TIMEOUT
+#endif
+#define WS_TEST(name) Test(websocket, name, .init = ws_init, .fini = ws_fini, .timeout = WS_TIMEOUT)
 
 static void echo_ok(size_t size, const char *type)
 {

@@ -773,6 +773,19 @@ void tu_tmpdir_free(char *dir)
 
 /* ---- time --------------------------------------------------------------- */
 
+long tu_scale(void)
+{
+    const char *e = getenv("GOEV_TEST_SCALE");
+    long div = e ? strtol(e, NULL, 10) : 1;
+    return div > 1 ? div : 1;
+}
+
+long tu_scaled(long n, long min)
+{
+    n /= tu_scale();
+    return n < min ? min : n;
+}
+
 uint64_t tu_now_ms(void)
 {
     struct timespec ts;

@@ -191,6 +191,13 @@ void tu_tmpdir_free(char *dir);
 /* ---- time --------------------------------------------------------------- */
 
 uint64_t tu_now_ms(void);
+/* An iteration count for a heavy loop: n divided by GOEV_TEST_SCALE (a
+ * whole number, 1 if unset; the ThreadSanitizer stage of CI sets it, as
+ * TSan makes every memory access several times slower), but never below
+ * min. */
+long tu_scaled(long n, long min);
+/* GOEV_TEST_SCALE (>= 1): how much slower the build is. */
+long tu_scale(void);
 void tu_sleep_ms(unsigned ms);
 /* Poll cond every millisecond for up to ms; evaluates to true if it held. */
 #define TU_WAIT_FOR(cond, ms)                                          \

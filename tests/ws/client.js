@@ -34,7 +34,9 @@ try {
   process.exit(3);
 }
 
-const WATCHDOG_MS = 10000;
+// GOEV_TEST_SCALE=N: the server is a build N times slower (ThreadSanitizer).
+const SCALE = Math.max(1, parseInt(process.env.GOEV_TEST_SCALE || '1', 10) || 1);
+const WATCHDOG_MS = 10000 * SCALE;
 const [scenario, portArg, ...args] = process.argv.slice(2);
 const port = Number(portArg);
 const url = `ws://127.0.0.1:${port}/any/path?q=1`;
