@@ -228,6 +228,7 @@ int goev__ur_probe(char *why, size_t len)
     struct io_uring_probe *pr = goev__calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
     if (!pr) {
         rc = -ENOMEM;
+        snprintf(why, len, "out of memory for the opcode probe");
         goto out;
     }
     rc = io_uring_register_probe(&ring, pr, PROBE_OPS);

@@ -447,7 +447,9 @@ GOEV_EXTERN int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t
 
 /* Bytes queued for output and not yet taken by the kernel.  Use it for
  * back-pressure: stop producing past your limit and resume in on_drained.
- * Poller thread. */
+ * On io_uring the kernel's taking is learnt from a send's completion, at
+ * the poller's next pass: until then the bytes of a send in flight still
+ * count, even if the peer has read them already.  Poller thread. */
 GOEV_EXTERN size_t goev_pending(const goev_handler *h);
 
 /* Set h's output watermarks (see goev_reactor_opts.out_high_water, whose
