@@ -407,17 +407,23 @@ void goev__on_error(struct goev__conn *c, int err)
     goev__conn_close(c, err);
 }
 
+/* Reading off for why (GOEV__C_PAUSED or GOEV__C_THROTTLED); the backend
+ * stops only if nothing else held reading off already. */
+static void reading_off(struct goev__conn *c, uint32_t why)
+{
+    bool reading = !(c->flags & GOEV__C_NOREAD);
+    c->flags |= why;
+    if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
+        c->p->be->conn_pause(c);
+}
+
 int goev_pause_read(goev_handler *h)
 {
     struct goev__conn *c = h ? h->conn_ : NULL;
     if (!c || c->kind != GOEV__K_STREAM || (c->flags & GOEV__C_CLOSING))
         return -ENOTCONN;
-    if (c->flags & GOEV__C_PAUSED)
-        return 0;
-    bool reading = !(c->flags & GOEV__C_THROTTLED);
-    c->flags |= GOEV__C_PAUSED;
-    if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
-        c->p->be->conn_pause(c);
+    if (!(c->flags & GOEV__C_PAUSED))
+        reading_off(c, GOEV__C_PAUSED);
     return 0;
 }
 
@@ -459,11 +465,8 @@ int goev_resume_read(goev_handler *h)
  * holds it off. */
 static void throttle(struct goev__conn *c)
 {
-    bool reading = !(c->flags & GOEV__C_NOREAD);
-    c->flags |= GOEV__C_THROTTLED;
     GOEV__STAT_INC(c->p, throttles);
-    if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
-        c->p->be->conn_pause(c);
+    reading_off(c, GOEV__C_THROTTLED);
 }
 
 static inline uint32_t mark_of(size_t v)

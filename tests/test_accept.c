@@ -374,35 +374,55 @@ static int highest_fd(void)
     return hi;
 }
 
+/* An acceptor on r with back-off `backoff_ms`, and n clients connected to
+ * it (queued in the kernel's backlog, since r does not run yet), each
+ * having sent one byte if `say`.  Returns the acceptor; cfd gets the
+ * clients. */
+static goev_acceptor *emfile_setup(goev_reactor *r, struct server *s, int backoff_ms, int *cfd,
+                                   int n, bool say)
+{
+    struct goev_acceptor_opts o;
+    goev_acceptor_opts_init(&o);
+    o.backoff_ms = backoff_ms;
+    goev_acceptor *a;
+    cr_assert_eq(goev_acceptor_new(&a, r, r, "127.0.0.1:0", &o, srv_new, s), 0);
+    int port = goev_acceptor_port(a);
+    for (int i = 0; i < n; i++) {
+        cfd[i] = tu_connect_tcp4(port);
+        cr_assert(cfd[i] >= 0, "client %d: %s", i, strerror(errno));
+        if (say)
+            cr_assert(tu_write_all(cfd[i], "x", 1) == 0);
+    }
+    return a;
+}
+
+/* Lower the fd limit so that `spare` more fds fit above the highest open
+ * one; *old gets the limit to restore. */
+static void limit_fds(int spare, struct rlimit *old)
+{
+    cr_assert(getrlimit(RLIMIT_NOFILE, old) == 0);
+    struct rlimit low = *old;
+    low.rlim_cur = (rlim_t)highest_fd() + 1 + (rlim_t)spare;
+    cr_assert(setrlimit(RLIMIT_NOFILE, &low) == 0);
+}
+
 Test(accept, emfile_backoff, .init = init_test, .timeout = TU_TIMEOUT)
 {
     int fds = tu_fd_count();
     goev_reactor *r = tu_reactor_new(1);
     struct server s;
     server_init(&s, r);
-    struct goev_acceptor_opts o;
-    goev_acceptor_opts_init(&o);
-    o.backoff_ms = 50;
-    goev_acceptor *a;
-    cr_assert_eq(goev_acceptor_new(&a, r, r, "127.0.0.1:0", &o, srv_new, &s), 0);
-    int port = goev_acceptor_port(a);
     /* The handshakes complete in the kernel's backlog before the reactor
      * runs, so the server meets all of them at once. */
     enum { N = 40, SPARE = 4 };
     int cfd[N];
-    for (int i = 0; i < N; i++) {
-        cfd[i] = tu_connect_tcp4(port);
-        cr_assert(cfd[i] >= 0, "client %d: %s", i, strerror(errno));
-        cr_assert(tu_write_all(cfd[i], "x", 1) == 0);
-    }
-    struct rlimit old, low;
-    cr_assert(getrlimit(RLIMIT_NOFILE, &old) == 0);
-    low = old;
+    goev_acceptor *a = emfile_setup(r, &s, 50, cfd, N, true);
+    int port = goev_acceptor_port(a);
     /* Room for SPARE accepted sockets, then EMFILE. */
-    low.rlim_cur = (rlim_t)highest_fd() + 1 + SPARE;
-    cr_assert(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    struct rlimit old;
+    limit_fds(SPARE, &old);
     /* Holes below the highest fd are room too. */
-    int room = (int)low.rlim_cur - tu_fd_count();
+    int room = (int)(highest_fd() + 1 + SPARE) - tu_fd_count();
     cr_assert(room >= SPARE);
     tu_reactor_start(r);
     cr_assert(TU_WAIT_FOR(({
@@ -476,23 +496,12 @@ Test(accept, emfile_backoff_without_timer_memory, .init = init_test, .timeout = 
     fill_heap(goev_reactor_poller(r, 0), &th);
     struct server s;
     server_init(&s, r);
-    struct goev_acceptor_opts o;
-    goev_acceptor_opts_init(&o);
-    o.backoff_ms = 50;
-    goev_acceptor *a;
-    cr_assert_eq(goev_acceptor_new(&a, r, r, "127.0.0.1:0", &o, srv_new, &s), 0);
-    int port = goev_acceptor_port(a);
     enum { N = 12, SPARE = 2 };
     int cfd[N];
-    for (int i = 0; i < N; i++) {
-        cfd[i] = tu_connect_tcp4(port);
-        cr_assert(cfd[i] >= 0, "client %d: %s", i, strerror(errno));
-    }
-    struct rlimit old, low;
-    cr_assert(getrlimit(RLIMIT_NOFILE, &old) == 0);
-    low = old;
-    low.rlim_cur = (rlim_t)highest_fd() + 1 + SPARE;
-    cr_assert(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    goev_acceptor *a = emfile_setup(r, &s, 50, cfd, N, false);
+    int port = goev_acceptor_port(a);
+    struct rlimit old;
+    limit_fds(SPARE, &old);
     tu_alloc_fail(TU_FAIL_REALLOC);     /* the heap grows with realloc */
     tu_reactor_start(r);
     cr_assert(TU_WAIT_FOR(({
