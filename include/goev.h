@@ -388,9 +388,39 @@ GOEV_EXTERN goev_poller *goev_handler_poller(const goev_handler *h);
  * Poller thread. */
 GOEV_EXTERN goev_conn_id goev_handler_id(const goev_handler *h);
 
-/* The socket (or watched fd) of h, or -1.  Do not close it yourself; reading
- * from it behind the library's back loses data on io_uring.  Poller thread. */
+/* The socket (or watched fd) of h, or -1: h has none (not attached, closed)
+ * or its socket is an io_uring direct descriptor.  The fd stays the
+ * library's: do not close it yourself; reading from it behind the
+ * library's back loses data on io_uring.  Poller thread.
+ *
+ * Direct descriptors: on io_uring (kernel 6.8 and later), connections that
+ * an acceptor opens on the poller that accepted them (one poller, or
+ * reuseport on one reactor) are accepted into the ring's file table, not
+ * the process's: no fd per connection, and the ring's recv/send/close skip
+ * the fd lookup.  Their handler has no fd number (this function returns
+ * -1) until goev_handler_fd_install gives it one.  The library's own
+ * calls that need an fd do that for you, once per connection:
+ * goev_peer_addr, goev_local_addr, the goev_set_* options, goev_sendfile
+ * and goev_shutdown.  When the table is 7/8 full, accepts go on with
+ * regular fds until it is below 3/4 again.  Outgoing connections
+ * (goev_connect, pools), goev_conn_open and watches always use regular
+ * fds, as does epoll.  The environment variable GOEV_URING_DIRECT=0 turns
+ * direct descriptors off (every connection gets an fd, as on older
+ * kernels); GOEV_URING_FILES=N sets the table's size per poller (8 to
+ * RLIMIT_NOFILE; default RLIMIT_NOFILE, at most 65536).  Both are read
+ * when a poller starts, and ignored in setuid programs. */
 GOEV_EXTERN int goev_handler_fd(const goev_handler *h);
+
+/* A regular fd for h's socket, for system calls of your own (setsockopt,
+ * ioctl, getpeername ...).  For a direct descriptor (see goev_handler_fd)
+ * the first call installs one (IORING_OP_FIXED_FD_INSTALL, one
+ * io_uring_enter) and the connection goes on on that fd, unchanged for
+ * the application; later calls, and every call for a connection that
+ * already has an fd, return it at no cost.  Ownership as for
+ * goev_handler_fd: the library closes it.  Returns the fd, -ENOTCONN (h not
+ * attached, or closing), or another negative errno (-EBUSY, -EAGAIN: the
+ * ring could not do it now; try again later).  Poller thread. */
+GOEV_EXTERN int goev_handler_fd_install(goev_handler *h);
 
 /* Close h.  Reading stops at once; what is queued for output is still sent
  * (a peer that never reads keeps the connection until it resets or you call

@@ -214,23 +214,40 @@ void goev_acceptor_free(goev_acceptor *a)
     goev__free(a);
 }
 
+/* Make the handler and open the connection on fd (cflags: GOEV__C_DIRECT
+ * or 0).  0, or a negative errno and fd is still the caller's. */
+static int adopt_new(goev_poller *p, goev_acceptor *a, int fd, uint32_t cflags)
+{
+    goev_handler *h = a->new_handler(p, a->arg);
+    if (!h)
+        return -ENOMEM;
+    int rc = goev__adopt(p, h, fd, false, cflags);
+    /* The handler was made for this connection: let its owner free it. */
+    if (rc < 0 && h->ops && h->ops->on_close)
+        h->ops->on_close(h, rc);
+    return rc;
+}
+
 /* On the target poller's thread: make the handler and open the connection. */
 void goev__handoff(goev_poller *p, goev_acceptor *a, int fd)
 {
-    goev_handler *h = a->new_handler(p, a->arg);
-    if (!h) {
+    if (adopt_new(p, a, fd, 0) < 0) {
         close(fd);
         GOEV__STAT_INC(p, sys_other);
-        return;
     }
-    int rc = goev__adopt(p, h, fd, false);
-    if (rc < 0) {
-        /* The handler was made for this connection: let its owner free it. */
-        close(fd);
-        GOEV__STAT_INC(p, sys_other);
-        if (h->ops && h->ops->on_close)
-            h->ops->on_close(h, rc);
-    }
+}
+
+bool goev__listener_local(const struct goev__listener *l)
+{
+    const goev_acceptor *a = l->a;
+    return a->local || (a->conn_r->npollers == 1 && &a->conn_r->pollers[0] == l->p);
+}
+
+int goev__on_accept_direct(struct goev__listener *l, int idx)
+{
+    goev__assert(goev__listener_local(l));
+    GOEV__STAT_INC(l->p, accepted);
+    return adopt_new(l->p, l->a, idx, GOEV__C_DIRECT);
 }
 
 void goev__on_accept(struct goev__listener *l, int fd)

@@ -159,7 +159,26 @@ goev_conn_id goev_handler_id(const goev_handler *h)
 
 int goev_handler_fd(const goev_handler *h)
 {
-    return h->conn_ ? h->conn_->fd : -1;
+    const struct goev__conn *c = h ? h->conn_ : NULL;
+    return c && !(c->flags & GOEV__C_DIRECT) ? c->fd : -1;
+}
+
+int goev__conn_fd(struct goev__conn *c)
+{
+    if (c->fd < 0)
+        return -ENOTCONN;
+    if (!(c->flags & GOEV__C_DIRECT))
+        return c->fd;
+    int rc = c->p->be->fd_install ? c->p->be->fd_install(c) : -EOPNOTSUPP;
+    return rc < 0 ? rc : c->fd;
+}
+
+int goev_handler_fd_install(goev_handler *h)
+{
+    struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c || c->kind == GOEV__K_NONE || (c->flags & GOEV__C_CLOSING))
+        return -ENOTCONN;
+    return goev__conn_fd(c);
 }
 
 /* ---- the later list: kept tails to re-present, on_close to call ---------- */
@@ -212,11 +231,14 @@ void goev__run_later(goev_poller *p)
 void goev__on_released(struct goev__conn *c)
 {
     goev__assert(!(c->flags & GOEV__C_RELEASED));
-    if (c->fd >= 0 && !(c->flags & GOEV__C_KEEP_FD)) {
+    /* The backend closes a direct descriptor itself; one still here was
+     * abandoned (the poller failed) and goes with its ring's file table. */
+    if (c->fd >= 0 && !(c->flags & (GOEV__C_KEEP_FD | GOEV__C_DIRECT))) {
         close(c->fd);
         GOEV__STAT_INC(c->p, sys_other);
     }
     c->fd = -1;
+    c->flags &= ~GOEV__C_DIRECT;
     c->flags |= GOEV__C_RELEASED;
     push_later(c);
 }
@@ -533,6 +555,10 @@ int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t len)
         return -EINVAL;
     if (S_ISREG(st.st_mode) && offset + len > (uint64_t)st.st_size)
         return -ENODATA;
+    /* sendfile(2) and splice take a regular fd, not a direct descriptor. */
+    int sock = goev__conn_fd(c);
+    if (sock < 0)
+        return sock;
     int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     GOEV__STAT_INC(c->p, sys_other);
     if (own < 0)
@@ -553,6 +579,10 @@ static void do_shutdown(struct goev__conn *c)
 {
     c->flags |= GOEV__C_SHUT_DONE;
     c->flags &= ~GOEV__C_SHUT_WANT;
+    /* A direct descriptor is not an fd: shutdown(2) needs a regular one
+     * (rare enough, next to a connection's requests, to install it). */
+    if (goev__conn_fd(c) < 0)
+        return;
     shutdown(c->fd, SHUT_WR);
     GOEV__STAT_INC(c->p, sys_other);
 }
@@ -642,7 +672,7 @@ static void opened(struct goev__conn *c)
         do_shutdown(c);
 }
 
-int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock)
+int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock, uint32_t cflags)
 {
     if (!h || !h->ops || !h->ops->on_read)
         return -EINVAL;
@@ -657,6 +687,7 @@ int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock)
     if (!c)
         return err;
     c->fd = fd;
+    c->flags |= cflags;
     opened(c);
     return 0;
 }
@@ -665,7 +696,7 @@ int goev_conn_open(goev_poller *p, goev_handler *h, int fd)
 {
     if (!p || fd < 0)
         return -EINVAL;
-    return goev__adopt(p, h, fd, true);
+    return goev__adopt(p, h, fd, true, 0);
 }
 
 /* ---- connector ----------------------------------------------------------- */

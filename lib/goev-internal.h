@@ -171,6 +171,8 @@ enum {
     GOEV__C_RELEASED    = 1u << 14, /* backend done: on_close due */
     GOEV__C_SIGNAL      = 1u << 15, /* watch of a signalfd: on_signal */
     GOEV__C_THROTTLED   = 1u << 16, /* output past the high-water mark: not reading */
+    GOEV__C_DIRECT      = 1u << 17, /* fd is an index in the poller's io_uring file
+                                     * table (a direct descriptor), not an fd */
 };
 /* Reading is off: paused by the application, or throttled by the library. */
 #define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
@@ -274,7 +276,11 @@ struct goev__listener {
     uint64_t retry_at;      /* back-off without a timer (no memory): resume then */
     union {
         struct { int registered; } ep;
-        struct { uint8_t armed, cancel_sent, want, deferred; } ur;
+        struct {
+            uint8_t armed, cancel_sent, want, deferred;
+            uint8_t direct;     /* the armed accept fills the file table */
+            uint8_t regular;    /* the table is (nearly) full: accept fds */
+        } ur;
     } b;
 };
 
@@ -342,6 +348,9 @@ struct goev__backend {
     /* Start a non-blocking connect of c->fd (already a non-blocking socket)
      * to sa; the outcome comes as goev__on_connected. */
     int (*connect)(struct goev__conn *c, const struct sockaddr *sa, socklen_t len);
+    /* Optional (io_uring).  c is GOEV__C_DIRECT: make it a connection on a
+     * regular fd (c->fd becomes one, the flag goes).  0 or a negative errno. */
+    int (*fd_install)(struct goev__conn *c);
     /* Wait for events up to timeout_ms (-1 = forever, 0 = poll) and
      * dispatch them through goev__on_*.  Submits queued work in the same
      * call where the backend allows it.  Returns 0 or a negative errno. */
@@ -429,6 +438,16 @@ GOEV__HIDDEN void goev__on_released(struct goev__conn *c);
 /* Listener l accepted fd (>= 0), or failed with err (< 0). */
 GOEV__HIDDEN void goev__on_accept(struct goev__listener *l, int fd);
 GOEV__HIDDEN void goev__on_accept_error(struct goev__listener *l, int err);
+/* Listener l accepted a direct descriptor (index idx of its poller's io_uring
+ * file table).  0 if a connection took it; otherwise a negative errno and
+ * idx is still the caller's to close. */
+GOEV__HIDDEN int goev__on_accept_direct(struct goev__listener *l, int idx);
+/* Are l's connections always opened on l's own poller (so that a direct
+ * descriptor, which only that poller's ring knows, can be used)? */
+GOEV__HIDDEN bool goev__listener_local(const struct goev__listener *l);
+/* A regular fd for c, installing one if c is a direct descriptor
+ * (fd_install); the fd or a negative errno.  Poller thread. */
+GOEV__HIDDEN int goev__conn_fd(struct goev__conn *c);
 /* (A wake-up needs no entry point: the core writes p->wake_fd, the backend
  * watches it and resets it, the wait ends, and the loop drains the
  * cross-thread queue on every pass.) */
@@ -438,7 +457,8 @@ GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 
 /* Core helpers shared by the files of lib/ */
 GOEV__HIDDEN void goev__conn_close(struct goev__conn *c, int reason);
-GOEV__HIDDEN int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock);
+GOEV__HIDDEN int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock,
+                             uint32_t cflags);
 GOEV__HIDDEN void goev__handoff(goev_poller *p, goev_acceptor *a, int fd);
 GOEV__HIDDEN void goev__run_later(goev_poller *p);
 GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);

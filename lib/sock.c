@@ -35,10 +35,11 @@ int goev__sock_int(int fd, int level, int name, int value)
  * application's, and may not even be a socket). */
 static int sock_of(const goev_handler *h)
 {
-    const struct goev__conn *c = h ? h->conn_ : NULL;
+    struct goev__conn *c = h ? h->conn_ : NULL;
     if (!c || c->kind != GOEV__K_STREAM || c->fd < 0 || (c->flags & GOEV__C_CLOSING))
         return -ENOTCONN;
-    return c->fd;
+    /* A direct descriptor (io_uring) gets a regular fd, once. */
+    return goev__conn_fd(c);
 }
 
 int goev_set_nodelay(goev_handler *h, int on)
