@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -42,7 +43,13 @@ enum {
     OP_WAKE,
     OP_CANCEL_RECV, /* a pause's cancel: retried if the recv was busy */
     OP_WRITABLE,    /* POLLOUT wait of a file send the socket had no room for */
+    OP_INSTALL,     /* FIXED_FD_INSTALL whose CQE fd_install did not find */
 };
+
+/* Kernel 6.8 (liburing 2.3 predates it): a regular fd for a direct one. */
+#ifndef IORING_OP_FIXED_FD_INSTALL
+#define IORING_OP_FIXED_FD_INSTALL 54
+#endif
 
 #define BGID GOEV__UR_BGID
 
@@ -99,7 +106,19 @@ struct ur {
     int wake_armed;
     uint64_t wake_val;
     size_t opmem_cap;       /* pool block size of a union ur_opmem */
+    /* Direct descriptors: accepted sockets live in the ring's sparse file
+     * table (kernel-allocated slots), not in the process's fd table. */
+    unsigned files;         /* table size; 0: no direct descriptors */
+    unsigned files_used;    /* slots held by connections */
+    unsigned regular_listeners;     /* listeners accepting fds: table nearly full */
 };
+
+/* The table is "nearly full" at 7/8: a listener then accepts regular fds,
+ * because a direct accept that finds the table full has already taken the
+ * connection off the backlog and the kernel drops it (ENFILE); it goes
+ * back to direct below 3/4. */
+static inline bool files_high(const struct ur *u) { return u->files_used >= u->files - u->files / 8; }
+static inline bool files_low(const struct ur *u) { return u->files_used < u->files - u->files / 4; }
 
 /* A connection's part (goev__conn_priv): what is in flight, and a pointer
  * to memory that an op in flight reads, taken from the poller's pool for
@@ -129,6 +148,13 @@ union ur_opmem {
 
 static inline struct ur *UR(goev_poller *p) { return p->bd; }
 static inline struct ur_conn *UC(struct goev__conn *c) { return goev__conn_priv(c); }
+
+/* An SQE on c's socket: a direct descriptor is an index, said by a flag. */
+static inline void sqe_file(struct io_uring_sqe *s, const struct goev__conn *c)
+{
+    if (c->flags & GOEV__C_DIRECT)
+        s->flags |= IOSQE_FIXED_FILE;
+}
 
 /* One of c's ops is over (its final CQE, or undone before submission). */
 static inline void op_done(struct goev__conn *c)
@@ -208,6 +234,7 @@ static int sq_recv(struct goev__conn *c)
     if (!s)
         return -EBUSY;
     io_uring_prep_recv_multishot(s, c->fd, NULL, 0, 0);
+    sqe_file(s, c);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BGID;
     io_uring_sqe_set_data64(s, ud_conn(OP_RECV, c));
@@ -243,7 +270,20 @@ static int sq_accept(goev_poller *p, struct ur *u, struct goev__listener *l)
     struct io_uring_sqe *s = get_sqe(p, u);
     if (!s)
         return -EBUSY;
-    io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (l->b.ur.regular && u->files && files_low(u)) {
+        l->b.ur.regular = 0;
+        u->regular_listeners--;
+    } else if (!l->b.ur.regular && u->files && files_high(u)) {
+        l->b.ur.regular = 1;
+        u->regular_listeners++;
+    }
+    /* A direct descriptor is only known to this ring: the connection must
+     * open on this poller. */
+    l->b.ur.direct = u->files && !l->b.ur.regular && goev__listener_local(l);
+    if (l->b.ur.direct)
+        io_uring_prep_multishot_accept_direct(s, l->fd, NULL, NULL, SOCK_NONBLOCK); /* no CLOEXEC: no fd */
+    else
+        io_uring_prep_multishot_accept(s, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     io_uring_sqe_set_data64(s, ud_listener(l));
     return 0;
 }
@@ -412,6 +452,47 @@ fail:
     return rc;
 }
 
+/* Direct descriptors, where the kernel has everything they need (and an
+ * application a way back to a regular fd: FIXED_FD_INSTALL, 6.8, the
+ * newest of them) and GOEV_URING_DIRECT is not 0: a sparse file table of
+ * GOEV_URING_FILES slots (default: RLIMIT_NOFILE, at most 65536), which
+ * the kernel fills (IORING_FILE_INDEX_ALLOC).  Otherwise accepts give fds,
+ * as on older kernels. */
+static void files_setup(goev_poller *p, struct ur *u)
+{
+    u->files = 0;
+    const char *e = secure_getenv("GOEV_URING_DIRECT");
+    if (e && strcmp(e, "0") == 0)
+        return;
+    unsigned n = 65536;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+        n = (unsigned)rl.rlim_cur;
+    if ((e = secure_getenv("GOEV_URING_FILES")) && *e) {
+        char *end;
+        unsigned long v = strtoul(e, &end, 10);
+        if (*end || v < 8 || v > n) {
+            goev__debug("io_uring poller %d: GOEV_URING_FILES=%s ignored (8..%u)", p->idx, e, n);
+        } else {
+            n = (unsigned)v;
+        }
+    }
+    if (n < 8)
+        return;
+    if (!goev__ur_opcode_supported(&u->ring, IORING_OP_FIXED_FD_INSTALL)) {
+        goev__debug("io_uring poller %d: no FIXED_FD_INSTALL (kernel < 6.8): regular fds", p->idx);
+        return;
+    }
+    int rc = io_uring_register_files_sparse(&u->ring, n);
+    if (rc < 0) {
+        goev__debug("io_uring poller %d: sparse file table of %u: %s: regular fds", p->idx, n,
+                    strerror(-rc));
+        return;
+    }
+    u->files = n;
+    goev__debug("io_uring poller %d: direct descriptors, file table of %u", p->idx, n);
+}
+
 static int ur_thread_start(goev_poller *p)
 {
     struct ur *u = UR(p);
@@ -423,6 +504,7 @@ static int ur_thread_start(goev_poller *p)
     /* Optional: saves an fd lookup per enter.  Registered per thread, so
      * thread_stop undoes it on this same thread. */
     u->fd_registered = io_uring_register_ring_fd(&u->ring) == 1;
+    files_setup(p, u);
     u->started = 1;
     int rc;
     rc = arm_wake(p, u);
@@ -514,12 +596,86 @@ static void ur_poller_fini(goev_poller *p)
 
 /* ---- connections ------------------------------------------------------------ */
 
+/* Give table slot idx back: an IORING_OP_CLOSE in the next submit (its
+ * CQE is only counted), or at once if no SQE can be had. */
+static void close_direct(goev_poller *p, struct ur *u, int idx)
+{
+    struct io_uring_sqe *s = get_sqe(p, u);
+    if (s) {
+        io_uring_prep_close_direct(s, (unsigned)idx);
+        io_uring_sqe_set_data64(s, 0);
+    } else {
+        int none = -1;
+        io_uring_register_files_update(&u->ring, (unsigned)idx, &none, 1);
+        GOEV__STAT_INC(p, sys_other);
+    }
+    goev__assert(u->files_used > 0);
+    u->files_used--;
+    /* Listeners that took regular fds while the table was nearly full:
+     * end their accepts, whose final CQE re-arms them direct. */
+    if (GOEV__UNLIKELY(u->regular_listeners) && files_low(u) && !u->stopping)
+        for (struct goev__listener *l = p->listeners; l; l = l->next)
+            if (l->b.ur.regular && l->b.ur.armed && !l->b.ur.direct && !l->b.ur.cancel_sent) {
+                cancel_ud(p, u, ud_listener(l));
+                l->b.ur.cancel_sent = 1;
+            }
+}
+
 static void maybe_release(struct goev__conn *c)
 {
     if (UC(c)->ops_out || UC(c)->handed_back)
         return;
     UC(c)->handed_back = 1;
+    /* The core closes fds; a direct descriptor is the backend's to close. */
+    if (c->flags & GOEV__C_DIRECT) {
+        close_direct(c->p, UR(c->p), c->fd);
+        c->fd = -1;
+        c->flags &= ~GOEV__C_DIRECT;
+    }
     goev__on_released(c);
+}
+
+/* A regular fd for direct connection c (goev__conn_fd): FIXED_FD_INSTALL,
+ * submitted at once, completes inline; its CQE is picked out of the CQ
+ * (neutered, so the batch being reaped counts it and moves on) rather than
+ * waited for.  From then on c is a plain-fd connection: its ops in flight
+ * hold the same file, a cancel by fd finds them, and the table slot is
+ * closed.  One io_uring_enter, once per connection. */
+static int ur_fd_install(struct goev__conn *c)
+{
+    goev__assert(c->flags & GOEV__C_DIRECT);
+    goev_poller *p = c->p;
+    struct ur *u = UR(p);
+    if (!u->started)
+        return -EAGAIN;     /* cannot happen: direct fds come from accepts */
+    struct io_uring_sqe *s = get_sqe(p, u);
+    if (!s)
+        return -EBUSY;
+    io_uring_prep_rw(IORING_OP_FIXED_FD_INSTALL, s, c->fd, NULL, 0, 0);
+    s->flags = IOSQE_FIXED_FILE;
+    s->rw_flags = 0;        /* install_fd_flags: 0 is O_CLOEXEC */
+    uint64_t ud = ud_conn(OP_INSTALL, c);
+    io_uring_sqe_set_data64(s, ud);
+    publish_bufs(u);
+    int rc = io_uring_submit(&u->ring);
+    GOEV__STAT_INC(p, sys_submit);
+    if (rc < 0)
+        return rc;      /* the SQE goes with the next submit; dispatch closes its fd */
+    struct io_uring_cq *cq = &u->ring.cq;
+    unsigned tail = io_uring_smp_load_acquire(cq->ktail);
+    for (unsigned head = *cq->khead; head != tail; head++) {
+        struct io_uring_cqe *cqe = &cq->cqes[head & *cq->kring_mask];
+        if (cqe->user_data != ud)
+            continue;
+        cqe->user_data = 0;     /* taken: OP_IGNORE */
+        if (cqe->res < 0)
+            return cqe->res;
+        close_direct(p, u, c->fd);
+        c->fd = cqe->res;
+        c->flags &= ~GOEV__C_DIRECT;
+        return 0;
+    }
+    return -EAGAIN;     /* not posted yet (CQ overflow): dispatch closes its fd */
 }
 
 static int ur_conn_start(struct goev__conn *c)
@@ -569,6 +725,7 @@ static void arm_writable(struct goev__conn *c)
         return;
     }
     io_uring_prep_poll_add(s, c->fd, POLLOUT);
+    sqe_file(s, c);
     io_uring_sqe_set_data64(s, ud_conn(OP_WRITABLE, c));
     UC(c)->send_armed = 1;
     UC(c)->ops_out++;
@@ -647,6 +804,7 @@ static void ur_flush(struct goev__conn *c)
         m->send.msg.msg_iovlen = (size_t)n;
         io_uring_prep_sendmsg(s, c->fd, &m->send.msg, MSG_NOSIGNAL);
     }
+    sqe_file(s, c);
     io_uring_sqe_set_data64(s, ud_conn(OP_SEND, c));
     c->out.inflight = bytes;
     UC(c)->send_armed = 1;
@@ -667,9 +825,10 @@ static void ur_conn_close(struct goev__conn *c)
                  * number cannot be reused) until the last CQE is in. */
                 struct io_uring_sqe *s = get_sqe(p, u);
                 if (s) {
-                    io_uring_prep_cancel_fd(s, c->fd, IORING_ASYNC_CANCEL_ALL);
+                    io_uring_prep_cancel_fd(s, c->fd, IORING_ASYNC_CANCEL_ALL |
+                                            ((c->flags & GOEV__C_DIRECT) ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
                     io_uring_sqe_set_data64(s, 0);
-                } else if (!(c->flags & GOEV__C_KEEP_FD)) {
+                } else if (!(c->flags & (GOEV__C_KEEP_FD | GOEV__C_DIRECT))) {
                     shutdown(c->fd, SHUT_RDWR);     /* ends recv and send alike */
                 }
             }
@@ -898,22 +1057,37 @@ static void on_connect(struct goev__conn *c, int res)
 static void on_accept(goev_poller *p, struct ur *u, struct goev__listener *l, int res,
                       unsigned flags)
 {
+    bool direct = l->b.ur.direct;
     if (!(flags & IORING_CQE_F_MORE)) {
         goev__assert(l->b.ur.armed);
         l->b.ur.armed = 0;
         l->b.ur.cancel_sent = 0;
     }
     if (u->stopping) {
-        if (res >= 0) {
+        if (res >= 0 && !direct) {      /* the ring's teardown closes the table */
             close(res);
             GOEV__STAT_INC(p, sys_other);
         }
         return;
     }
-    if (res >= 0)
+    if (res >= 0 && direct) {
+        u->files_used++;
+        if (goev__on_accept_direct(l, res) < 0)
+            close_direct(p, u, res);
+        /* Nearly full: end this accept; its final CQE re-arms it for fds. */
+        if (files_high(u) && l->b.ur.armed && !l->b.ur.cancel_sent) {
+            cancel_ud(p, u, ud_listener(l));
+            l->b.ur.cancel_sent = 1;
+        }
+    } else if (res >= 0) {
         goev__on_accept(l, res);
-    else if (res != -ECANCELED)
+    } else if (res == -ENFILE && direct) {
+        /* The table filled faster than the 7/8 mark could tell (the kernel
+         * dropped that connection): the re-arm below accepts fds. */
+        goev__debug("io_uring poller %d: file table full (%u)", p->idx, u->files_used);
+    } else if (res != -ECANCELED) {
         goev__on_accept_error(l, res);  /* may stop us (back-off) */
+    }
     if (!l->b.ur.armed && l->b.ur.want) {
         if (res != -ECANCELED)
             GOEV__STAT_INC(p, rearms);
@@ -956,6 +1130,12 @@ static void dispatch(goev_poller *p, struct ur *u, const struct io_uring_cqe *cq
         return;
     case OP_ACCEPT:
         on_accept(p, u, ud_to_listener(ud), res, flags);
+        return;
+    case OP_INSTALL:    /* an fd that ur_fd_install gave up on */
+        if (res >= 0) {
+            close(res);
+            GOEV__STAT_INC(p, sys_other);
+        }
         return;
     default:
         break;
@@ -1049,5 +1229,6 @@ const struct goev__backend goev__uring_backend = {
     .listen_start = ur_listen_start,
     .listen_stop = ur_listen_stop,
     .connect = ur_connect,
+    .fd_install = ur_fd_install,
     .wait = ur_wait,
 };

@@ -111,6 +111,17 @@ int goev__ur_bufring_register(struct io_uring *ring, unsigned n, struct io_uring
     return 0;
 }
 
+bool goev__ur_opcode_supported(struct io_uring *ring, int op)
+{
+    enum { PROBE_OPS = 256 };
+    struct io_uring_probe *pr = goev__calloc(1, sizeof *pr + PROBE_OPS * sizeof(struct io_uring_probe_op));
+    if (!pr)
+        return false;
+    bool yes = io_uring_register_probe(ring, pr, PROBE_OPS) == 0 && io_uring_opcode_supported(pr, op);
+    goev__free(pr);
+    return yes;
+}
+
 /* ---- probe ----------------------------------------------------------------- */
 
 static int why_errno(char *why, size_t len, const char *what, int rc)

@@ -25,6 +25,10 @@ GOEV__HIDDEN const char *goev__ur_mode_name(int mode);
 GOEV__HIDDEN int goev__ur_bufring_register(struct io_uring *ring, unsigned n,
                                            struct io_uring_buf_ring **out, size_t *bytes);
 
+/* Does the kernel behind ring know opcode op (IORING_REGISTER_PROBE)?  False
+ * also when it cannot tell. */
+GOEV__HIDDEN bool goev__ur_opcode_supported(struct io_uring *ring, int op);
+
 /* The backend's probe hook: can io_uring do what goev needs here? */
 GOEV__HIDDEN int goev__ur_probe(char *why, size_t len);
 
