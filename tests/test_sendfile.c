@@ -383,7 +383,7 @@ static void script_reset(struct srv *s, goev_handler *h)
  * sendfile with EPIPE and SIGPIPE, deterministically. */
 static void script_epipe(struct srv *s, goev_handler *h)
 {
-    shutdown(goev_handler_fd(h), SHUT_WR);
+    shutdown(goev_handler_fd_install(h), SHUT_WR);    /* a regular fd also for a direct descriptor */
     s->rc[0] = goev_sendfile(h, s->file->fd, 0, s->file->size);
 }
 
