@@ -708,7 +708,12 @@ static void ur_conn_pause(struct goev__conn *c)
      * before the cancel lands is read behind the paused application's back
      * (kept as the tail), while the point of pausing is to leave it in the
      * kernel and push back on the peer.  Pauses are rare; one enter is
-     * cheap next to buffering a burst. */
+     * cheap next to buffering a burst.  Not so a pause on the way to a
+     * close (goev_close with output queued): nothing read from then on
+     * is kept, and with short-lived connections that enter would be one
+     * per connection; the cancel goes with the pass's wait instead. */
+    if (c->flags & GOEV__C_CLOSE_WANT)
+        return;
     publish_bufs(u);
     io_uring_submit(&u->ring);
     GOEV__STAT_INC(p, sys_submit);
