@@ -507,7 +507,10 @@ static int pace_slice(struct conn *c)
 static uint64_t kernel_unsent(struct conn *c)
 {
     int v = 0;
-    if (ioctl(goev_handler_fd(&c->h), SIOCOUTQ, &v) < 0 || v < 0)
+    /* goev_handler_fd_install: a regular fd also on an io_uring direct
+     * descriptor (installed once; goev_handler_fd would say -1). */
+    int fd = goev_handler_fd_install(&c->h);
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &v) < 0 || v < 0)
         return 0;
     return (uint64_t)v;
 }

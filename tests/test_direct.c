@@ -27,6 +27,7 @@ struct dconn {
     int fd_open;        /* goev_handler_fd in on_open */
     int install_at;     /* install a regular fd after this many bytes (-1: never) */
     int installed;      /* goev_handler_fd_install's result */
+    int install_done;
     int fd_after;       /* goev_handler_fd after the install */
     int peer_port;      /* goev_peer_addr's port */
     size_t got;
@@ -57,13 +58,14 @@ static int d_open(goev_handler *h)
 static ssize_t d_read(goev_handler *h, const char *d, size_t n)
 {
     struct dconn *c = (struct dconn *)h;
-    if (c->install_at >= 0 && c->got + n > (size_t)c->install_at && !c->installed) {
-        c->installed = goev_handler_fd_install(h);
-        c->fd_after = goev_handler_fd(h);
+    if (c->install_at >= 0 && c->got + n > (size_t)c->install_at && !c->install_done) {
+        TU_STORE(&c->installed, goev_handler_fd_install(h));
+        TU_STORE(&c->fd_after, goev_handler_fd(h));
         struct sockaddr_storage ss;
         socklen_t len;
         if (goev_peer_addr(h, &ss, &len) == 0 && ss.ss_family == AF_INET)
-            c->peer_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+            TU_STORE(&c->peer_port, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+        TU_STORE(&c->install_done, 1);     /* last: the test waits for it */
     }
     c->got += n;
     TU_CHECK(goev_write(h, d, n) == 0, "echo write");
@@ -234,6 +236,7 @@ Test(direct, fd_install, .init = init_test, .timeout = TU_TIMEOUT)
     cr_assert_eq(nd, direct ? 4 : 0);
     for (int i = 0; i < 4; i++) {
         struct dconn *c = &s.c[i];
+        cr_assert(TU_WAIT_FOR(TU_LOAD(&c->install_done) == 1, 5000), "no install on connection %d", i);
         int fd = TU_LOAD(&c->installed);
         cr_assert(fd >= 0, "goev_handler_fd_install: %s", strerror(-fd));
         cr_assert_eq(TU_LOAD(&c->fd_after), fd, "goev_handler_fd after install");
