@@ -147,6 +147,13 @@ static inline goev_timer *goev__heap_top(const struct goev__heap *hp)
 {
     return hp->n ? hp->a[0] : NULL;
 }
+/* Remove and return the earliest timer; the heap must not be empty. */
+static inline goev_timer *goev__heap_pop(struct goev__heap *hp)
+{
+    goev_timer *t = hp->a[0];
+    goev__heap_remove(hp, t);
+    return t;
+}
 
 /* ---- connections --------------------------------------------------------- */
 
