@@ -7,7 +7,10 @@
  *            to the task that enables it; work set up before that is
  *            deferred (state only) and queued when the poller starts
  *   input:   one multishot recv per connection into a provided-buffer ring;
- *            a buffer goes back to the ring as soon as on_read returns
+ *            a buffer goes back to the ring as soon as on_read returns -
+ *            or, where the kernel consumes buffers incrementally (6.12),
+ *            once the kernel has filled it: small receives of many
+ *            connections then share one buffer instead of taking one each
  *   output:  at most one SEND/SENDMSG in flight per connection, carrying
  *            everything queued when the pass ended
  *   accept:  multishot accept; watches: one-shot POLL_ADD re-armed after
@@ -100,6 +103,9 @@ struct ur {
     size_t br_bytes, bufs_bytes;
     unsigned nbufs, buf_size;
     unsigned nret;          /* buffers given back, not yet published */
+    /* Incremental consumption (IOU_PBUF_RING_INC): boff[bid] is where the
+     * next bytes the kernel puts in buffer bid begin; NULL without it. */
+    uint32_t *boff;
     unsigned ops_out;       /* SQEs whose final CQE has not come back */
     int started;            /* ring enabled by this poller's thread: may submit */
     int stopping;           /* thread_stop: nothing is re-armed */
@@ -399,6 +405,7 @@ static void drop_deferred(struct goev__conn *c)
 
 static void ur_free(struct ur *u)
 {
+    goev__free(u->boff);
     if (u->bufs)
         munmap(u->bufs, u->bufs_bytes);
     if (u->br)
@@ -429,7 +436,20 @@ static int ur_poller_init(goev_poller *p)
         goev__free(u);
         return rc;
     }
-    rc = goev__ur_bufring_register(&u->ring, n, &u->br, &u->br_bytes);
+    /* Incremental consumption where the kernel has it (6.12): a receive
+     * uses only the bytes it fills, so one round trip on each of 10,000
+     * idle connections touches a few pages of the ring's memory instead
+     * of all of it.  EINVAL: an older kernel; the ring as before. */
+    if (!(u->boff = goev__calloc(n, sizeof *u->boff))) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    rc = goev__ur_bufring_register(&u->ring, n, IOU_PBUF_RING_INC, &u->br, &u->br_bytes);
+    if (rc == -EINVAL) {
+        goev__free(u->boff);
+        u->boff = NULL;
+        rc = goev__ur_bufring_register(&u->ring, n, 0, &u->br, &u->br_bytes);
+    }
     if (rc < 0)
         goto fail;
     long pg = sysconf(_SC_PAGESIZE);
@@ -918,9 +938,22 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
 {
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        char *data = u->bufs + (size_t)bid * u->buf_size;
+        if (u->boff) {
+            /* Incremental: the bytes follow the ones the kernel put in
+             * this buffer before; while F_BUF_MORE says it keeps the rest,
+             * the buffer is not ours to give back. */
+            data += u->boff[bid];
+            if (res > 0)
+                u->boff[bid] += (uint32_t)res;
+        }
         if (res > 0 && !(c->flags & GOEV__C_CLOSING))
-            goev__on_data(c, u->bufs + (size_t)bid * u->buf_size, (size_t)res);
-        give_back(u, bid);
+            goev__on_data(c, data, (size_t)res);
+        if (!u->boff || !(flags & IORING_CQE_F_BUF_MORE)) {
+            if (u->boff)
+                u->boff[bid] = 0;
+            give_back(u, bid);
+        }
     }
     if (flags & IORING_CQE_F_MORE)
         return;

@@ -86,8 +86,8 @@ int goev__ur_ring_create(struct io_uring *ring, unsigned entries, unsigned cq, u
 }
 
 /* liburing 2.3 has no io_uring_setup_buf_ring. */
-int goev__ur_bufring_register(struct io_uring *ring, unsigned n, struct io_uring_buf_ring **out,
-                              size_t *bytes)
+int goev__ur_bufring_register(struct io_uring *ring, unsigned n, unsigned flags,
+                              struct io_uring_buf_ring **out, size_t *bytes)
 {
     size_t sz = (size_t)n * sizeof(struct io_uring_buf);
     long pg = sysconf(_SC_PAGESIZE);
@@ -100,6 +100,10 @@ int goev__ur_bufring_register(struct io_uring *ring, unsigned n, struct io_uring
     reg.ring_addr = (uintptr_t)m;
     reg.ring_entries = n;
     reg.bgid = BGID;
+    /* The 16 bits after bgid: "pad" in liburing 2.3's header, "flags" in
+     * later ones and in the kernel's. */
+    uint16_t fl = (uint16_t)flags;
+    memcpy((char *)&reg.bgid + sizeof reg.bgid, &fl, sizeof fl);
     int rc = io_uring_register_buf_ring(ring, &reg, 0);
     if (rc < 0) {
         munmap(m, sz);
@@ -136,7 +140,7 @@ static int self_test(struct io_uring *ring, char *why, size_t len)
 {
     struct io_uring_buf_ring *br;
     size_t brb;
-    int rc = goev__ur_bufring_register(ring, 2, &br, &brb);
+    int rc = goev__ur_bufring_register(ring, 2, 0, &br, &brb);
     if (rc < 0)
         return why_errno(why, len, "io_uring_register_buf_ring", rc == -EINVAL ? -EOPNOTSUPP : rc);
     static char bufs[2][64];

@@ -20,9 +20,21 @@ GOEV__HIDDEN int goev__ur_ring_create(struct io_uring *ring, unsigned entries, u
                                       unsigned extra, int *mode, int *fd, unsigned *features);
 GOEV__HIDDEN const char *goev__ur_mode_name(int mode);
 
+/* Incremental consumption of provided buffers (Linux 6.12): a receive takes
+ * only the bytes it needs from a buffer, the next one goes on in the same
+ * buffer, and a CQE says IORING_CQE_F_BUF_MORE while the kernel keeps the
+ * rest.  liburing 2.3 predates both constants. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+
 /* Page-aligned buffer ring with n entries (a power of two), registered as
- * group GOEV__UR_BGID; *bytes gets its mapping's size (for munmap). */
-GOEV__HIDDEN int goev__ur_bufring_register(struct io_uring *ring, unsigned n,
+ * group GOEV__UR_BGID with reg flags (0 or IOU_PBUF_RING_INC: -EINVAL from
+ * a kernel without it); *bytes gets its mapping's size (for munmap). */
+GOEV__HIDDEN int goev__ur_bufring_register(struct io_uring *ring, unsigned n, unsigned flags,
                                            struct io_uring_buf_ring **out, size_t *bytes);
 
 /* Does the kernel behind ring know opcode op (IORING_REGISTER_PROBE)?  False

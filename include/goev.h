@@ -108,7 +108,14 @@ struct goev_reactor_opts {
      * one provided buffer.  0 = 64 KiB (epoll) / 4 KiB (io_uring). */
     size_t read_buf_size;
     /* io_uring: number of provided buffers per poller (power of two, at
-     * most 32768).  0 = 1024.  Ignored by epoll. */
+     * most 32768).  0 = 1024.  Ignored by epoll.  Where the kernel
+     * consumes provided buffers incrementally (Linux 6.12 and later) a
+     * receive takes only the bytes it fills from a buffer and the next
+     * receive, of any connection, goes on in the same buffer: small
+     * messages on many connections then share buffers and pages instead
+     * of taking a buffer each, and one on_read may get less than a whole
+     * buffer even when more has arrived (as TCP allows anyway).  Older
+     * kernels hand each receive a whole buffer, as before. */
     unsigned read_bufs;
     /* Initial capacity of each poller's timer heap (it grows).  0 = 1024. */
     unsigned timer_heap_size;

@@ -21,8 +21,15 @@
 
 /* Output chunks: 16 KiB blocks by default, so that many small writes of a
  * pass share one chunk and one iovec; never more than 1 GiB of data in one
- * chunk, so offsets fit the uint32_t fields with room to spare. */
+ * chunk, so offsets fit the uint32_t fields with room to spare.  A small
+ * write to an empty queue (the usual answer to one request) gets a small
+ * block: a burst of many connections answering at once then leaves small
+ * blocks on the pool's free lists, not 16 KiB ones whose first page each
+ * stays resident (idle memory per connection, issue 8).  A second write
+ * that does not fit moves the bytes to a full-size chunk, so a pass's
+ * writes still leave in one iovec. */
 #define CHUNK_DEFAULT ((size_t)16 << 10)
+#define CHUNK_SMALL ((size_t)256)
 #define CHUNK_MAX_DATA ((size_t)1 << 30)
 #define CHUNK_HDR offsetof(struct goev__chunk, data)
 
@@ -119,10 +126,12 @@ static void chunk_free(struct goev__pool *pl, struct goev__chunk *ch)
     goev__pool_put(pl, ch, CHUNK_HDR + (size_t)ch->cap);
 }
 
-static struct goev__chunk *chunk_new(struct goev__pool *pl, size_t want)
+static struct goev__chunk *chunk_new(struct goev__pool *pl, size_t want, bool small_ok)
 {
     size_t blk = want + CHUNK_HDR;
-    if (blk < CHUNK_DEFAULT)
+    if (small_ok && blk <= CHUNK_SMALL)
+        blk = CHUNK_SMALL;
+    else if (blk < CHUNK_DEFAULT)
         blk = CHUNK_DEFAULT;
     size_t cap;
     struct goev__chunk *ch = goev__pool_get(pl, blk, &cap);
@@ -147,12 +156,31 @@ int goev__outq_append(struct goev__pool *pl, struct goev__outq *q,
     size_t into_tail = len < room ? len : room;
     size_t rest = len - into_tail;
 
+    /* A small chunk alone in the queue, that the kernel is not reading
+     * (nothing in flight), and that the bytes overflow: one full-size
+     * chunk instead (if there is no memory for it, the path below tries
+     * the usual way). */
+    if (rest && t && t == q->head && t->cap && t->cap + CHUNK_HDR <= CHUNK_SMALL && !q->inflight &&
+        len <= CHUNK_MAX_DATA - CHUNK_SMALL) {
+        size_t keep = t->len - t->off;
+        struct goev__chunk *ch = chunk_new(pl, keep + len, false);
+        if (ch) {
+            memcpy(ch->data, t->data + t->off, keep);
+            memcpy(ch->data + keep, src, len);
+            ch->len = (uint32_t)(keep + len);
+            chunk_free(pl, t);
+            q->head = q->tail = ch;
+            q->bytes += len;
+            return 0;
+        }
+    }
+
     /* Allocate everything before copying anything, so that a failure
      * leaves the queue as it was. */
     struct goev__chunk *first = NULL, *last = NULL;
     for (size_t left = rest; left > 0;) {
         size_t want = left < CHUNK_MAX_DATA ? left : CHUNK_MAX_DATA;
-        struct goev__chunk *ch = chunk_new(pl, want);
+        struct goev__chunk *ch = chunk_new(pl, want, !t);
         if (GOEV__UNLIKELY(!ch)) {
             while (first) {
                 struct goev__chunk *next = first->next;

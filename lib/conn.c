@@ -64,10 +64,6 @@ static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
     c->fd = -1;
     c->out_high = p->out_high;
     c->out_low = p->out_low;
-    goev_timer_init(&c->conn_timer);
-    goev_handler_init(&c->ih, NULL);
-    c->ih.user = c;
-    c->ih.poller_ = p;
     h->conn_ = c;
     h->poller_ = p;
     p->nlive++;
@@ -96,6 +92,10 @@ void goev__slots_fini(goev_poller *p)
             struct goev__conn *c = goev__chunk_slot(p, chunk, k);
             goev__free(c->in);
             goev__outq_clear(&p->pool, &c->out);
+            if (c->cx) {
+                goev__pool_put(&p->pool, c->cx, GOEV__CONNECTING_BLOCK);
+                c->cx = NULL;
+            }
         }
         goev__free(chunk);
         p->chunks[i] = NULL;
@@ -251,6 +251,18 @@ static void cancel_timers(goev_handler *h)
         goev_timer_cancel(h->timers_);
 }
 
+/* The connect is over (or never started): its timeout goes, and its memory
+ * back to the pool. */
+static void connecting_end(struct goev__conn *c)
+{
+    struct goev__connecting *cx = c->cx;
+    if (cx) {
+        goev_timer_cancel(&cx->timer);
+        goev__pool_put(&c->p->pool, cx, GOEV__CONNECTING_BLOCK);
+        c->cx = NULL;
+    }
+}
+
 void goev__conn_close(struct goev__conn *c, int reason)
 {
     if (c->flags & GOEV__C_CLOSING)
@@ -261,7 +273,7 @@ void goev__conn_close(struct goev__conn *c, int reason)
     c->flags |= GOEV__C_CLOSING;
     c->flags &= ~GOEV__C_CLOSE_WANT;
     cancel_timers(c->h);
-    goev_timer_cancel(&c->conn_timer);
+    connecting_end(c);
     if (c->kind == GOEV__K_NONE)
         goev__on_released(c);
     else
@@ -341,17 +353,20 @@ static inline bool verdict(struct goev__conn *c, int rc)
 static int keep_tail(struct goev__conn *c, const char *data, size_t len)
 {
     size_t need = (size_t)c->in_len + len;
-    if (need > c->p->r->opts.max_input)
+    /* in_len and in_cap are 32 bits: a tail never reaches 4 GiB */
+    if (need > c->p->r->opts.max_input || need > UINT32_MAX)
         return -EMSGSIZE;
     if (need > c->in_cap) {
         size_t cap = c->in_cap ? c->in_cap : 1024;
         while (cap < need)
             cap *= 2;
+        if (cap > UINT32_MAX)
+            cap = UINT32_MAX;
         char *n = goev__realloc(c->in, cap);
         if (!n)
             return -ENOMEM;
         c->in = n;
-        c->in_cap = cap;
+        c->in_cap = (uint32_t)cap;
     }
     memmove(c->in + c->in_len, data, len);
     c->in_len = (uint32_t)need;
@@ -712,12 +727,27 @@ static int connect_timeout(goev_handler *ih, goev_timer *t)
 
 static const struct goev_handler_ops connect_timer_ops = { .on_timeout = connect_timeout };
 
+/* Arm c's connect timeout, in memory of its own: 0 or -ENOMEM. */
+static int connecting_begin(struct goev__conn *c, uint64_t timeout_ms)
+{
+    size_t cap;
+    struct goev__connecting *cx = goev__pool_get(&c->p->pool, GOEV__CONNECTING_BLOCK, &cap);
+    if (!cx)
+        return -ENOMEM;
+    goev_timer_init(&cx->timer);
+    goev_handler_init(&cx->ih, &connect_timer_ops);
+    cx->ih.user = c;
+    cx->ih.poller_ = c->p;
+    c->cx = cx;
+    return goev__timer_arm(c->p, &cx->ih, &cx->timer, timeout_ms);
+}
+
 void goev__on_connected(struct goev__conn *c, int err)
 {
     if (!(c->flags & GOEV__C_CONNECTING) || (c->flags & GOEV__C_CLOSING))
         return;
     c->flags &= ~GOEV__C_CONNECTING;
-    goev_timer_cancel(&c->conn_timer);
+    connecting_end(c);
     if (err) {
         /* Closing first keeps err as on_close's reason even if
          * on_connect_fail calls goev_close itself. */
@@ -819,15 +849,14 @@ int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
     }
     c->fd = fd;
     c->flags |= GOEV__C_CONNECTING;
-    c->ih.ops = &connect_timer_ops;
     /* The timeout first: a connect whose timeout cannot be armed would
      * wait forever, so it is refused instead. */
     if (opts->timeout_ms > 0)
-        rc = goev__timer_arm(p, &c->ih, &c->conn_timer, (uint64_t)opts->timeout_ms);
+        rc = connecting_begin(c, (uint64_t)opts->timeout_ms);
     if (rc == 0)
         rc = p->be->connect(c, (struct sockaddr *)&ss, len);
     if (rc < 0) {
-        goev_timer_cancel(&c->conn_timer);
+        connecting_end(c);
         detach(c);
         close(fd);
         return rc;
@@ -865,7 +894,7 @@ int goev__watch(goev_poller *p, goev_handler *h, int fd, unsigned events, uint32
         return rc;
     c->fd = fd;
     c->flags |= GOEV__C_OPEN | flags;
-    c->watch_events = events;
+    c->watch_events = (uint8_t)events;
     rc = p->be->watch(c, c->watch_events);
     if (rc < 0) {
         detach(c);
@@ -891,7 +920,7 @@ int goev_watch_update(goev_handler *h, unsigned events)
         return -EINVAL;
     if (events == c->watch_events)
         return 0;
-    c->watch_events = events;
+    c->watch_events = (uint8_t)events;
     return c->p->be->watch(c, events);
 }
 
@@ -1002,6 +1031,8 @@ void goev__run_timers(goev_poller *p)
         } else {
             timer_unlink(t);
         }
+        /* h may be gone once on_timeout returns 0: a connect timeout's
+         * internal handler is freed inside its callback (connecting_end). */
         int rc = h->ops->on_timeout(h, t);
         if (rc < 0 && h->conn_)
             goev__conn_close(h->conn_, rc);

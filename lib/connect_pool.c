@@ -332,7 +332,7 @@ static const struct goev_handler_ops *app(const struct pconn *pc)
     return pc->pool->o.ops;
 }
 
-static void lease_end(struct pconn *pc, int reuse);
+static void lease_end(struct pconn *pc, int reuse, bool in_read);
 
 static int pc_on_open(goev_handler *h)
 {
@@ -372,7 +372,7 @@ static ssize_t pc_on_read(goev_handler *h, const char *data, size_t len)
     if (pc->release_due) {
         pc->release_due = 0;
         /* What on_read did not consume stays as input: not reusable. */
-        lease_end(pc, pc->release_reuse && n >= 0 && (size_t)n == len);
+        lease_end(pc, pc->release_reuse && n >= 0 && (size_t)n == len, true);
     }
     return n;
 }
@@ -552,8 +552,11 @@ int goev_pool_cancel(goev_pool_req *req)
     return 0;
 }
 
-/* The application is done with pc: to idle, or closed. */
-static void lease_end(struct pconn *pc, int reuse)
+/* The application is done with pc: to idle, or closed.  in_read: called
+ * as on_read returns, having consumed all it was given - which may be the
+ * kept tail itself (c->in, still counted in in_len until the core takes
+ * the bytes off), so in_len says nothing then. */
+static void lease_end(struct pconn *pc, int reuse, bool in_read)
 {
     goev_pool *pool = pc->pool;
     goev_handler *h = &pc->h;
@@ -564,7 +567,7 @@ static void lease_end(struct pconn *pc, int reuse)
     bool healthy = reuse && c && !pool->freed &&
                    !(c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT | GOEV__C_EOF |
                                  GOEV__C_SHUT_WANT | GOEV__C_SHUT_DONE)) &&
-                   c->in_len == 0;
+                   (in_read || c->in_len == 0);
     if (!healthy) {
         set_state(pc, P_CLOSING);
         goev_close(h);
@@ -591,7 +594,7 @@ int goev_pool_release(goev_handler *conn, int reuse)
         pc->release_reuse = reuse != 0;
         return 0;
     }
-    lease_end(pc, reuse != 0);
+    lease_end(pc, reuse != 0, false);
     return 0;
 }
 

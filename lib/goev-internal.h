@@ -184,6 +184,23 @@ enum {
 /* Reading is off: paused by the application, or throttled by the library. */
 #define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
 
+/* What only a connecting connection needs: the connect timeout, a timer in
+ * the heap with a private handler (ih.user = the connection).  Taken from
+ * the poller's pool by goev_connect when it has a timeout, given back when
+ * the connect ends, so that it is not paid by every idle slot. */
+struct goev__connecting {
+    goev_timer timer;
+    goev_handler ih;
+};
+#define GOEV__CONNECTING_BLOCK 128      /* its pool block (a class size) */
+_Static_assert(sizeof(struct goev__connecting) <= GOEV__CONNECTING_BLOCK, "connect state fits");
+
+/* Every byte here is paid by every connection, idle ones included (the
+ * issue-8 budget: 256 B per idle connection on epoll, 384 B on io_uring,
+ * library and application together); tests/test_mem guards the size.
+ * State that only some connections need at some times lives elsewhere:
+ * the connect timeout in struct goev__connecting, input in a heap block
+ * only while a tail is kept, output in pool chunks only while queued. */
 struct goev__conn {
     /* First, and never cleared: goev_async_write reads it from other
      * threads (atomically), while slot reuse resets everything after it. */
@@ -194,21 +211,20 @@ struct goev__conn {
     int fd;
     uint32_t flags;
     uint8_t kind;
+    uint8_t watch_events;           /* watch: GOEV_READ|GOEV_WRITE wanted */
     int close_reason;
-    /* unconsumed input tail */
+    /* unconsumed input tail (a heap block of in_cap bytes, or NULL) */
     char *in;
-    uint32_t in_len;
-    size_t in_cap;
+    uint32_t in_len, in_cap;
     struct goev__outq out;
     struct goev__conn *dirty_next;  /* flush list link */
     struct goev__conn *later_next;  /* later list link (tail, close) */
-    goev_timer conn_timer;          /* connect timeout */
-    goev_handler ih;                /* internal handler of conn_timer (user = c) */
-    unsigned watch_events;          /* watch: GOEV_READ|GOEV_WRITE wanted */
     uint32_t out_high, out_low;     /* output watermarks (UINT32_MAX: none) */
+    struct goev__connecting *cx;    /* connect timeout, while connecting */
     /* The backend's own state (backend->conn_priv bytes) follows in the
      * same slot: goev__conn_priv. */
 };
+_Static_assert(sizeof(struct goev__conn) <= 120, "struct goev__conn: keep idle slots small");
 
 /* Connection id (goev_conn_id): poller | slot | generation, from the top
  * bit down.  The field widths set the limits: GOEV__MAX_POLLERS pollers per

@@ -348,6 +348,45 @@ Test(outq, random_against_model)
         run_outq(seed, seed % 2 ? 4u << 20 : 0, 400);
 }
 
+/* A small write to an empty queue takes a 256 B block (idle memory: a
+ * burst of answers leaves small blocks in the pool, not 16 KiB ones); the
+ * next write that overflows it moves the bytes to one full chunk, unless
+ * the kernel is reading them (inflight), when a second chunk follows. */
+Test(outq, small_first_chunk_grows)
+{
+    struct goev__pool pl;
+    struct goev__outq q = {0};
+    goev__pool_init(&pl, 1u << 20);
+    cr_assert_eq(goev__outq_append(&pl, &q, "0123456789", 10), 0);
+    cr_assert_eq(q.head->cap + CHUNK_HDR, 256);
+    char fill[300];
+    memset(fill, 'f', sizeof fill);
+    cr_assert_eq(goev__outq_append(&pl, &q, fill, sizeof fill), 0);
+    cr_assert_eq(q.head, q.tail, "grown in place of a second chunk");
+    cr_assert_eq(q.head->cap + CHUNK_HDR, 16384);
+    cr_assert_eq(q.bytes, 310);
+    cr_assert(memcmp(q.head->data, "0123456789", 10) == 0 && q.head->data[10] == 'f' &&
+              q.head->data[309] == 'f');
+    cr_assert_eq(pl.kept, 256, "the small block went back to the pool");
+    goev__outq_clear(&pl, &q);
+
+    /* in flight: the small chunk stays where the kernel reads it */
+    cr_assert_eq(goev__outq_append(&pl, &q, "0123456789", 10), 0);
+    struct goev__chunk *first = q.head;
+    q.inflight = 10;
+    cr_assert_eq(goev__outq_append(&pl, &q, fill, sizeof fill), 0);
+    cr_assert_eq(q.head, first);
+    cr_assert_neq(q.head, q.tail);
+    cr_assert_eq(q.head->len, q.head->cap, "the small chunk filled first");
+    struct iovec iov[4];
+    size_t bytes;
+    cr_assert_eq(goev__outq_iov(&q, 0, iov, 4, &bytes), 2);
+    cr_assert_eq(bytes, 310);
+    q.inflight = 0;
+    goev__outq_clear(&pl, &q);
+    goev__pool_fini(&pl);
+}
+
 Test(outq, small_appends_share_a_chunk)
 {
     struct goev__pool pl;
@@ -357,7 +396,7 @@ Test(outq, small_appends_share_a_chunk)
         cr_assert_eq(goev__outq_append(&pl, &q, "HTTP/1.1 200 OK\r\n", 17), 0);
     cr_assert_eq(q.head, q.tail, "1700 bytes fit one default chunk");
     cr_assert_eq(q.bytes, 1700);
-    cr_assert_eq(q.head->cap + CHUNK_HDR, 16384);
+    cr_assert_eq(q.head->cap + CHUNK_HDR, 16384, "the small first chunk grew into a full one");
     struct iovec iov[4];
     size_t bytes;
     cr_assert_eq(goev__outq_iov(&q, 0, iov, 4, &bytes), 1);
@@ -373,7 +412,7 @@ Test(outq, small_appends_share_a_chunk)
     cr_assert_eq(q.tail->cap + CHUNK_HDR, 131072, "rest rounded up to its class");
     goev__outq_clear(&pl, &q);
     /* both chunks went back to the pool */
-    cr_assert_eq(pl.kept, 16384 + 131072);
+    cr_assert_eq(pl.kept, 256 + 16384 + 131072, "the small first chunk was kept too");
     cr_assert_eq(pool_walk(&pl, NULL), pl.kept);
     goev__pool_fini(&pl);
 }
