@@ -13,14 +13,6 @@
 
 /* ---- slots ------------------------------------------------------------- */
 
-struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot)
-{
-    if (slot >= p->nslots)
-        return NULL;
-    struct goev__conn *c = goev__chunk_slot(p, p->chunks[slot / GOEV__SLOT_CHUNK], slot % GOEV__SLOT_CHUNK);
-    return c->h ? c : NULL;
-}
-
 static struct goev__conn *slot_alloc(goev_poller *p, goev_handler *h)
 {
     uint32_t slot;

@@ -439,6 +439,16 @@ static inline struct goev__conn *goev__chunk_slot(const goev_poller *p, struct g
     return (struct goev__conn *)(void *)((char *)chunk + (size_t)i * p->slot_stride);
 }
 
+/* The live connection in slot of p, or NULL (out of range or free).  Inline:
+ * backends call it once per completion or event. */
+static inline struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot)
+{
+    if (GOEV__UNLIKELY(slot >= p->nslots))
+        return NULL;
+    struct goev__conn *c = goev__chunk_slot(p, p->chunks[slot / GOEV__SLOT_CHUNK], slot % GOEV__SLOT_CHUNK);
+    return c->h ? c : NULL;
+}
+
 /* ---- core entry points for backends ------------------------------------- */
 
 /* Bytes read for c (a stream): delivered to on_read with the kept tail. */
@@ -508,7 +518,6 @@ GOEV__HIDDEN void goev__signals_ready(struct goev__conn *c);
 GOEV__HIDDEN bool goev__stopping(const goev_poller *p);
 
 /* Look a slot up (NULL if free). */
-GOEV__HIDDEN struct goev__conn *goev__slot_conn(goev_poller *p, uint32_t slot);
 /* Mark c for flushing at the end of the pass. */
 static inline void goev__mark_dirty(struct goev__conn *c)
 {
