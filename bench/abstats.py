@@ -164,19 +164,43 @@ def main():
                               saved=statistics.median(dcpu), slo=sl, shi=sh, cov=cov,
                               src="goev stats" if sm == scm else "perf"))
 
-    out = []
-    out.append("| case | metric | A / B | n | median A | median B | median of A/B | 95% interval | real? | IQR/median |")
-    out.append("|---|---|---|---:|---:|---:|---:|---|---|---:|")
+    # One row per case and pair; a cell is "median [lo, hi]", starred where
+    # the interval excludes 1.0 (a real difference).  The TSV has every metric.
+    cols = [("CPU/req", ("cpu_us_per_req", "cpu_us_per_msg")),
+            ("syscalls/req (perf)", ("perf_syscalls_per_req", "perf_syscalls_per_msg")),
+            ("requests/s", ("rps", "msgs_per_sec")),
+            ("p99", ("p99_us",))]
+    by = {}
+    keys = []
     for r in rows:
-        label = METRIC_LABEL.get(r["metric"], r["metric"])
-        ci = f"{r['lo']:.3f} - {r['hi']:.3f}"
-        if r["cov"] < 0.95:
-            ci += f" ({100 * r['cov']:.0f}%)"
-        out.append(f"| {r['kind']} {r['case']} | {label} | {r['a']} / {r['b']} | {r['n']} | {fmt(r['medA'])} | "
-                   f"{fmt(r['medB'])} | {r['med']:.3f} | {ci} | {r['real'] or '(n<6)'} | "
-                   f"{100 * r['spread']:.1f}% |" if not math.isnan(r['spread']) else
-                   f"| {r['kind']} {r['case']} | {label} | {r['a']} / {r['b']} | {r['n']} | {fmt(r['medA'])} | "
-                   f"{fmt(r['medB'])} | {r['med']:.3f} | {ci} | {r['real'] or '(n<6)'} | - |")
+        k = (r["kind"], r["case"], r["a"], r["b"])
+        if k not in by:
+            by[k] = {}
+            keys.append(k)
+        by[k][r["metric"]] = r
+
+    def cell(r):
+        if r is None:
+            return "-"
+        star = " **real**" if r["real"] == "yes" else ""
+        cov = "" if r["cov"] >= 0.95 else f" ({100 * r['cov']:.0f}%)"
+        return f"{r['med']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]{cov}{star}"
+
+    out = []
+    out.append("| case | A / B | n | " + " | ".join(c for c, _ in cols) + " | CPU ratio IQR/median |")
+    out.append("|---|---|---:|" + "---|" * len(cols) + "---:|")
+    for k in keys:
+        m = by[k]
+        cells, n, spread = [], 0, "-"
+        for _, names in cols:
+            r = next((m[x] for x in names if x in m), None)
+            cells.append(cell(r))
+            if r is not None:
+                n = max(n, r["n"])
+        cpu = next((m[x] for x in cols[0][1] if x in m), None)
+        if cpu is not None and not math.isnan(cpu["spread"]):
+            spread = f"{100 * cpu['spread']:.1f}%"
+        out.append(f"| {k[0]} {k[1]} | {k[2]} / {k[3]} | {n} | " + " | ".join(cells) + f" | {spread} |")
     if worth:
         out.append("")
         out.append(f"What io_uring's saved system calls are worth at {a.syscall_ns:.0f} ns per syscall "
