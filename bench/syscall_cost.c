@@ -8,8 +8,9 @@
  *
  *   syscall_ns=... syscall_ns_min=... calls=... repeats=...
  *
- * That is the bare price of entering and leaving the kernel (with this
- * kernel's mitigations); bench/run multiplies it by the system calls per
+ * Time is this thread's CPU time (user + system), so preemption by other
+ * processes does not count.  That is the bare price of entering and leaving
+ * the kernel (with this kernel's mitigations); bench/run multiplies it by the system calls per
  * request that io_uring saves, to say what the saving is worth.  Pin it
  * (taskset -c 0) where the server runs. */
 #ifndef _GNU_SOURCE
@@ -21,10 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The thread's own CPU time, not the wall clock: on a shared machine the
+ * loop is preempted, and wall-clock time would count the other processes'
+ * turns as the price of a system call. */
 static double now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
