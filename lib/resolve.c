@@ -652,9 +652,9 @@ static const struct ares_socket_functions sock_funcs = {
 static void on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 {
     struct goev__resolver *r = data;
-    struct rsock *rs = sock_find(r, fd);
+    struct rsock *rs = r->freeing ? NULL : sock_find(r, fd);
     if (!rs)
-        return;
+        return;     /* ares_destroy: the poller and its watches are gone */
     unsigned want = (readable ? GOEV_READ : 0u) | (writable ? GOEV_WRITE : 0u);
     if (rs->watched) {
         goev_watch_update(&rs->h, want);    /* -EINVAL while closing: moot */
