@@ -87,14 +87,14 @@ static void cl_init(struct cl *c, const char *host, int port, int timeout_ms)
 }
 
 /* Connect c from poller p and wait for its on_close. */
-static void connect_wait(goev_poller *p, struct cl *c)
+__attribute__((unused)) static void connect_wait(goev_poller *p, struct cl *c)
 {
     tu_run_on(p, do_connect, c);
     cr_assert_eq(TU_LOAD(&c->rc), 0, "goev_connect(%s): %s", c->addr, goev_strerror(c->rc));
     cr_assert(TU_WAIT_FOR(TU_LOAD(&c->closed), 15000), "%s: no on_close", c->addr);
 }
 
-static void assert_opened(struct cl *c)
+__attribute__((unused)) static void assert_opened(struct cl *c)
 {
     cr_assert_eq(TU_LOAD(&c->opened), 1, "%s: opened %d, failed %d (%s)", c->addr,
                  TU_LOAD(&c->opened), TU_LOAD(&c->failed), goev_strerror(TU_LOAD(&c->err)));
@@ -102,7 +102,7 @@ static void assert_opened(struct cl *c)
     cr_assert_eq(TU_LOAD(&c->reason), 0);
 }
 
-static void assert_failed(struct cl *c, int err)
+__attribute__((unused)) static void assert_failed(struct cl *c, int err)
 {
     cr_assert_eq(TU_LOAD(&c->opened), 0, "%s opened", c->addr);
     cr_assert_eq(TU_LOAD(&c->failed), 1, "%s: failed %d", c->addr, TU_LOAD(&c->failed));
@@ -112,7 +112,7 @@ static void assert_failed(struct cl *c, int err)
     cr_assert_eq(TU_LOAD(&c->closed), 1);
 }
 
-static struct goev_stats stats_of(goev_reactor *r)
+__attribute__((unused)) static struct goev_stats stats_of(goev_reactor *r)
 {
     struct goev_stats st;
     cr_assert_eq(goev_stats_get(r, -1, &st), 0);
@@ -150,7 +150,7 @@ static void write_file(const char *path, const char *text)
 /* The responder as the only name server, one attempt of one second:
  * c-ares 1.18 reads "retrans:" (ms) and "retry:"; later ones also glibc's
  * "timeout:" and "attempts:". */
-static void use_responder(void)
+__attribute__((unused)) static void use_responder(void)
 {
     char path[512], servers[64];
     snprintf(path, sizeof path, "%s/resolv.conf", dir);
