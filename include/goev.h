@@ -346,7 +346,9 @@ struct goev_handler_ops {
     int (*on_timeout)(goev_handler *h, goev_timer *t);
 
     /* goev_connect failed: err is a negative errno (-ETIMEDOUT,
-     * -ECONNREFUSED, -ENETUNREACH, -EHOSTUNREACH, ...).  on_close follows. */
+     * -ECONNREFUSED, -ENETUNREACH, -EHOSTUNREACH, ...) or, for a name,
+     * GOEV_ENONAME, GOEV_EDNSTIMEDOUT or GOEV_EDNSFAIL (goev_strerror
+     * names them all).  on_close follows. */
     void (*on_connect_fail)(goev_handler *h, int err);
 
     /* A watched raw fd is ready: events is a mask of GOEV_READ, GOEV_WRITE,
