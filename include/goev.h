@@ -293,6 +293,9 @@ struct goev_stats {
     uint64_t async_dropped; /* goev_async_write messages whose connection had gone */
     uint64_t accept_backoffs; /* times accepting paused for EMFILE/ENFILE/ENOBUFS/ENOMEM */
     uint64_t throttles;     /* times reading stopped at the output high-water mark */
+    uint64_t resolves;      /* name lookups started (c-ares queries, hosts file included) */
+    uint64_t resolve_hits;  /* name connects answered from the poller's cache */
+    uint64_t connect_next;  /* connects by name that went on to the next address */
 };
 
 /* Copy poller i's counters into *out (i = -1: the sum over all pollers).
@@ -350,7 +353,9 @@ struct goev_handler_ops {
     int (*on_timeout)(goev_handler *h, goev_timer *t);
 
     /* goev_connect failed: err is a negative errno (-ETIMEDOUT,
-     * -ECONNREFUSED, -ENETUNREACH, -EHOSTUNREACH, ...).  on_close follows. */
+     * -ECONNREFUSED, -ENETUNREACH, -EHOSTUNREACH, ...) or, for a name,
+     * GOEV_ENONAME, GOEV_EDNSTIMEDOUT or GOEV_EDNSFAIL (goev_strerror
+     * names them all).  on_close follows. */
     void (*on_connect_fail)(goev_handler *h, int err);
 
     /* A watched raw fd is ready: events is a mask of GOEV_READ, GOEV_WRITE,
@@ -541,11 +546,25 @@ GOEV_EXTERN int goev_async_close(goev_reactor *r, goev_conn_id id);
  *   "1.2.3.4:80"   IPv4        ":80"          all IPv4 interfaces
  *   "[::1]:80"     IPv6        "unix:/path"   unix stream socket
  *   "unix:@name"   unix socket in the abstract namespace
- * Numeric only (no name lookups: they would block the poller). */
+ * goev_connect, goev_connect_ex and goev_pool_new also take "host:port"
+ * (see goev_connect: resolved without blocking the poller); everything
+ * else, goev_addr_parse included, is numeric only. */
 
 /* Parse an address string as above into *ss (and its length into *len).
  * Returns 0 or -EINVAL.  Any thread. */
 GOEV_EXTERN int goev_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Errors of name resolution (see goev_connect).  Below -4095, so they never
+ * collide with a negative errno; goev_strerror names them. */
+#define GOEV_ENONAME      (-5001)   /* no such name, or no address for it */
+#define GOEV_EDNSTIMEDOUT (-5002)   /* the name servers did not answer */
+#define GOEV_EDNSFAIL     (-5003)   /* the lookup failed otherwise */
+#define GOEV_ENORESOLV    (-5004)   /* built without name resolution (c-ares) */
+
+/* A message for an error the library returned or passed to a callback: a
+ * negative errno (as strerror) or one of the GOEV_E* codes above.  Static
+ * storage, never NULL ("Unknown error" for anything else).  Any thread. */
+GOEV_EXTERN const char *goev_strerror(int err);
 
 /* Room for any string goev_addr_format writes, with its NUL. */
 #define GOEV_ADDRSTRLEN 120
@@ -643,7 +662,51 @@ GOEV_EXTERN void goev_acceptor_free(goev_acceptor *a);
  * timeout_ms (> 0) passes first, on_connect_fail(h, err) then on_close(h,
  * err).  Returns 0 (the outcome comes through callbacks), or -EINVAL (bad
  * address, h in use), -ENOMEM, -EMFILE, or an immediate connect error; on
- * failure no callback is called.  Poller thread of p. */
+ * failure no callback is called.  Poller thread of p.
+ *
+ * Names: addr may be "host:port" (a DNS name or a name of /etc/hosts, e.g.
+ * "localhost:8080", "db.example.com:5432").  Numeric addresses take the
+ * path above and never touch the resolver.  A name is looked up without
+ * blocking the poller, by c-ares on p's own watches and timers (both
+ * backends): the hosts file first, then DNS as resolv.conf says (servers,
+ * search domains, options: c-ares 1.18 knows ndots:, retrans: in ms,
+ * retry: and rotate, later versions glibc's timeout: and attempts: too;
+ * its defaults are 5 s and 4 tries per server), A and AAAA records, in
+ * the order c-ares sorts them (RFC 6724).  The addresses are tried one
+ * after the other until one connects; the error of the last one is the
+ * outcome.  With a bind_addr, only addresses of its family are asked for.
+ * Answers are cached per poller for their DNS TTL (hosts-file answers and
+ * failures are not cached), and connects to one name while its lookup is
+ * in flight share it; goev_stats counts resolves, resolve_hits and
+ * connect_next.  timeout_ms bounds the whole: lookup and every attempt.
+ * A name that does not resolve ends in on_connect_fail(h, err), then
+ * on_close(h, err), with err:
+ *   GOEV_ENONAME       no such name (NXDOMAIN), or no A/AAAA record for it;
+ *   GOEV_EDNSTIMEDOUT  the name servers did not answer (resolv.conf's
+ *                      timeout and attempts);
+ *   GOEV_EDNSFAIL      another DNS failure (SERVFAIL, REFUSED, a malformed
+ *                      answer, no server reachable);
+ *   -ETIMEDOUT         timeout_ms passed first; -ENOMEM.
+ * goev_close or goev_abort during the lookup cancels it cleanly: no
+ * callback but on_close.  So does the reactor's stop (on_close with
+ * -ECANCELED); the lookups still in flight are freed with the reactor.
+ * Returned at once: -EINVAL (a malformed name, a port past 65535),
+ * GOEV_ENORESOLV (goev built without c-ares), or the resolver's set-up
+ * error the first time a poller needs it (-ENOMEM, -EINVAL for a bad
+ * GOEV_DNS_SERVERS, -ENOENT for a missing GOEV_RESOLV_CONF).  A cached
+ * name whose addresses all fail at once returns the last error, as a
+ * numeric one would.  Until on_open the handler is connecting: writes are
+ * queued, goev_handler_fd is -1 while the name is looked up.
+ *
+ * The resolver's configuration is read when a poller first needs it:
+ *   GOEV_RESOLV_CONF=path   a resolv.conf to read instead of /etc/resolv.conf
+ *   GOEV_DNS_SERVERS=list   name servers to ask instead of resolv.conf's:
+ *                           "127.0.0.1:5353,[::1]:53,192.0.2.1"
+ *   CARES_HOSTS=path        a hosts file to read instead of /etc/hosts
+ *   RES_OPTIONS, LOCALDOMAIN  as for the libc resolver (c-ares reads them)
+ * (ignored in setuid programs).  c-ares reads the files once per poller,
+ * and the hosts file at each lookup, synchronously: they are local files.
+ * c-ares's own allocations do not go through goev_replace_allocator. */
 GOEV_EXTERN int goev_connect(goev_poller *p, goev_handler *h, const char *addr, int timeout_ms);
 
 /* Options of goev_connect_ex.  Initialise with goev_connect_opts_init. */
@@ -824,9 +887,13 @@ struct goev_pool_opts {
 GOEV_EXTERN void goev_pool_opts_init(struct goev_pool_opts *o);
 
 /* Create a pool on poller p for addr (an address string as for
- * goev_connect) and start connecting up to min_idle.  Returns 0 and *out, or
- * -EINVAL (bad address or options: min_idle > max_live, max_live < 1,
- * add_batch < 1, no ops->on_read), -ENOMEM.  Poller thread of p. */
+ * goev_connect: "host:port" too, each connect then resolving it through
+ * the poller's cache, see goev_connect; a name that does not resolve fails
+ * waiters with GOEV_ENONAME and backs off like a refused connect) and
+ * start connecting up to min_idle.  Returns 0 and *out, or -EINVAL (bad
+ * address or options: min_idle > max_live, max_live < 1, add_batch < 1, no
+ * ops->on_read), GOEV_ENORESOLV (a name, and no c-ares), -ENOMEM.  Poller
+ * thread of p. */
 GOEV_EXTERN int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
                               const struct goev_pool_opts *opts);
 

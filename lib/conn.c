@@ -184,6 +184,11 @@ static void push_later(struct goev__conn *c)
     }
 }
 
+void goev__push_later(struct goev__conn *c)
+{
+    push_later(c);
+}
+
 static void deliver_tail(struct goev__conn *c);
 
 static void finish(struct goev__conn *c)
@@ -214,6 +219,8 @@ void goev__run_later(goev_poller *p)
         c->flags &= ~GOEV__C_LATER;
         if (c->flags & GOEV__C_RELEASED)
             finish(c);
+        else if (GOEV__UNLIKELY(c->flags & GOEV__C_RESOLVING))
+            goev__resolve_later(c);
         else if (c->in_len && !(c->flags & (GOEV__C_NOREAD | GOEV__C_CLOSING | GOEV__C_CLOSE_WANT)))
             deliver_tail(c);
         c = next;
@@ -231,6 +238,9 @@ void goev__on_released(struct goev__conn *c)
     }
     c->fd = -1;
     c->flags &= ~GOEV__C_DIRECT;
+    /* A failed attempt of a connect by name: the slot goes on. */
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_RESOLVING) && goev__resolve_released(c))
+        return;
     c->flags |= GOEV__C_RELEASED;
     push_later(c);
 }
@@ -257,6 +267,8 @@ static void connecting_end(struct goev__conn *c)
 
 void goev__conn_close(struct goev__conn *c, int reason)
 {
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_RESOLVING) && goev__resolve_close(c, reason))
+        return;
     if (c->flags & GOEV__C_CLOSING)
         return;
     /* A lingering close keeps its reason unless an error overtakes it. */
@@ -738,6 +750,8 @@ void goev__on_connected(struct goev__conn *c, int err)
 {
     if (!(c->flags & GOEV__C_CONNECTING) || (c->flags & GOEV__C_CLOSING))
         return;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_RESOLVING) && goev__resolve_connected(c, err))
+        return;     /* trying the name's next address */
     c->flags &= ~GOEV__C_CONNECTING;
     connecting_end(c);
     if (err) {
@@ -808,6 +822,61 @@ static int connect_bind(goev_poller *p, int fd, int family, const char *bind_add
     return 0;
 }
 
+/* A non-blocking stream socket for family, with the options set and bound
+ * to o->bind_addr: the fd, or a negative errno. */
+static int connect_socket(goev_poller *p, int family, const struct goev_connect_opts *o)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    GOEV__STAT_INC(p, sys_other);
+    if (fd < 0)
+        return -errno;
+    int rc = connect_sockopts(p, fd, family, o);
+    if (rc == 0 && o->bind_addr)
+        rc = connect_bind(p, fd, family, o->bind_addr);
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+int goev__connect_attempt(struct goev__conn *c, const struct sockaddr *sa, socklen_t len,
+                          const struct goev_connect_opts *o)
+{
+    int fd = connect_socket(c->p, sa->sa_family, o);
+    if (fd < 0)
+        return fd;
+    c->fd = fd;
+    int rc = c->p->be->connect(c, sa, len);
+    if (rc < 0) {
+        c->fd = -1;
+        close(fd);
+    }
+    return rc;
+}
+
+/* "host:port": the slot connects while resolve.c looks the name up. */
+static int connect_by_name(goev_poller *p, goev_handler *h, const char *addr,
+                           const struct goev_connect_opts *opts)
+{
+    int rc = goev__name_check(addr);
+    if (rc < 0)
+        return rc;
+    struct goev__conn *c = attach(p, h, GOEV__K_STREAM, &rc);
+    if (!c)
+        return rc;
+    c->flags |= GOEV__C_CONNECTING;
+    if (opts->timeout_ms > 0)
+        rc = connecting_begin(c, (uint64_t)opts->timeout_ms);
+    if (rc == 0)
+        rc = goev__resolve_start(c, addr, opts);
+    if (rc < 0) {
+        connecting_end(c);
+        detach(c);
+    }
+    return rc;
+}
+
 int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
                     const struct goev_connect_opts *opts)
 {
@@ -822,18 +891,10 @@ int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
     }
     int rc = goev__parse_addr(addr, &ss, &len);
     if (rc < 0)
-        return rc;
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    GOEV__STAT_INC(p, sys_other);
+        return addr ? connect_by_name(p, h, addr, opts) : rc;
+    int fd = connect_socket(p, ss.ss_family, opts);
     if (fd < 0)
-        return -errno;
-    rc = connect_sockopts(p, fd, ss.ss_family, opts);
-    if (rc == 0 && opts->bind_addr)
-        rc = connect_bind(p, fd, ss.ss_family, opts->bind_addr);
-    if (rc < 0) {
-        close(fd);
-        return rc;
-    }
+        return fd;
     struct goev__conn *c = attach(p, h, GOEV__K_STREAM, &rc);
     if (!c) {
         close(fd);

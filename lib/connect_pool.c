@@ -477,8 +477,13 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
         o.min_idle > o.max_live || o.add_batch < 1 || o.connect_timeout_ms < 0 ||
         o.idle_timeout_ms < 0 || o.backoff_min_ms < 0 || o.backoff_max_ms < o.backoff_min_ms)
         return -EINVAL;
-    if (goev__parse_addr(addr, &ss, &len) < 0 || strlen(addr) >= GOEV_ADDRSTRLEN)
+    if (!addr || strlen(addr) >= GOEV_ADDRSTRLEN)
         return -EINVAL;
+    if (goev__parse_addr(addr, &ss, &len) < 0) {
+        int rc = goev__name_check(addr);     /* "host:port": each connect resolves it */
+        if (rc < 0)
+            return rc;
+    }
     const char *bind = o.connect.bind_addr;
     if (bind && (goev__parse_addr(bind, &ss, &len) < 0 || strlen(bind) >= GOEV_ADDRSTRLEN))
         return -EINVAL;

@@ -180,6 +180,7 @@ enum {
     GOEV__C_THROTTLED   = 1u << 16, /* output past the high-water mark: not reading */
     GOEV__C_DIRECT      = 1u << 17, /* fd is an index in the poller's io_uring file
                                      * table (a direct descriptor), not an fd */
+    GOEV__C_RESOLVING   = 1u << 18, /* connect by name: resolve.c holds its state */
 };
 /* Reading is off: paused by the application, or throttled by the library. */
 #define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
@@ -417,6 +418,7 @@ struct goev_poller {
     uint32_t nlive;             /* slots in use */
     int closing;                /* poller_shutdown has begun */
     int failed;                 /* the backend failed: the loop ended early */
+    struct goev__resolver *resolver;    /* resolve.c: made at the first name connect */
     struct goev_stats stats;
 };
 
@@ -534,6 +536,44 @@ GOEV__HIDDEN int goev__sock_keepalive(int fd, int idle_s, int interval_s, int co
 
 /* Address parsing shared by acceptor and connector. */
 GOEV__HIDDEN int goev__parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* ---- name resolution (resolve.c) ----------------------------------------
+ * A connect by name is an ordinary connecting stream slot flagged
+ * GOEV__C_RESOLVING, with no fd while its name is looked up; resolve.c keeps
+ * the rest (lookup, addresses, options) on the side, so that numeric
+ * connects and idle connections pay nothing.  Each address is one attempt
+ * through the backend's connect; a failed attempt is released by the
+ * backend (conn_close, goev__on_released) and the slot, zeroed for the
+ * backend as a fresh one, goes on with the next address at the end of the
+ * pass (the later list). */
+
+/* 0 if s is "host:port" with a well-formed name and the library can
+ * resolve it, -EINVAL if it is no name, GOEV_ENORESOLV without c-ares. */
+GOEV__HIDDEN int goev__name_check(const char *s);
+/* Look up the name of c (attached, CONNECTING, no fd) and connect to it:
+ * 0 (the outcome comes as goev__on_connected) or a negative error (c is
+ * left as it was given: the caller detaches it). */
+GOEV__HIDDEN int goev__resolve_start(struct goev__conn *c, const char *addr,
+                                     const struct goev_connect_opts *o);
+/* Hooks of conn.c, for slots flagged GOEV__C_RESOLVING: */
+/* The attempt ended with err: true if the next address is being tried
+ * (the caller does nothing more). */
+GOEV__HIDDEN bool goev__resolve_connected(struct goev__conn *c, int err);
+/* c closes: drop the lookup; true if the close is taken care of. */
+GOEV__HIDDEN bool goev__resolve_close(struct goev__conn *c, int reason);
+/* The backend let go of a failed attempt: true if the slot goes on. */
+GOEV__HIDDEN bool goev__resolve_released(struct goev__conn *c);
+/* c was on the later list: its next step (an attempt, or the failure). */
+GOEV__HIDDEN void goev__resolve_later(struct goev__conn *c);
+/* Free p's resolver (poller_fini: the poller's thread is done). */
+GOEV__HIDDEN void goev__resolver_free(goev_poller *p);
+
+/* conn.c for resolve.c: put c on the later list; open a socket for sa with
+ * the options o and start connecting c on it (0, or an error with c->fd
+ * back to -1); finish a connect (as the backend does). */
+GOEV__HIDDEN void goev__push_later(struct goev__conn *c);
+GOEV__HIDDEN int goev__connect_attempt(struct goev__conn *c, const struct sockaddr *sa,
+                                       socklen_t len, const struct goev_connect_opts *o);
 
 /* ---- diagnostics (debug.c) ---------------------------------------------- */
 

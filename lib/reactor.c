@@ -168,6 +168,7 @@ static void poller_fini(goev_poller *p)
 {
     if (!p->r)
         return;
+    goev__resolver_free(p);
     p->be->poller_fini(p);
     goev__slots_fini(p);
     goev__free(p->chunks);

@@ -353,7 +353,7 @@ Test(conn, bad_address, .init = init_test, .timeout = TU_TIMEOUT)
     int fds = tu_fd_count();
     goev_reactor *r = tu_reactor_new(1);
     static const char *bad[] = {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999",
-                                "localhost:80", "[::1:80", "1.2.3:80", "unix:"};
+                                "local..host:80", "[::1:80", "1.2.3:80", "unix:"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct cli c = {0};
         goev_handler_init(&c.h, &cli_ops);

@@ -1,0 +1,20 @@
+/* strerror.c - goev_strerror: negative errnos and goev's own codes. */
+#include "goev-internal.h"
+
+#include <string.h>
+
+const char *goev_strerror(int err)
+{
+    switch (err) {
+    case GOEV_ENONAME: return "Name not found (no such name, or no address for it)";
+    case GOEV_EDNSTIMEDOUT: return "Name servers did not answer in time";
+    case GOEV_EDNSFAIL: return "Name resolution failed";
+    case GOEV_ENORESOLV: return "Name resolution not built in (goev without c-ares)";
+    case 0: return "Success";
+    default: break;
+    }
+    /* strerrordesc_np is glibc's thread-safe, locale-free table lookup;
+     * strerror may use a shared buffer for unknown numbers. */
+    const char *s = err < 0 && err > -4096 ? strerrordesc_np(-err) : NULL;
+    return s ? s : "Unknown error";
+}
