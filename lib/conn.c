@@ -1066,10 +1066,9 @@ int goev_timer_start(goev_poller *p, goev_handler *h, goev_timer *t,
 void goev__run_timers(goev_poller *p)
 {
     uint32_t budget = p->timers.n;
-    goev_timer *t;
-    while (budget-- && (t = goev__heap_top(&p->timers)) && t->when_ <= p->now_ms) {
+    while (budget-- && p->timers.n && goev__heap_top_when(&p->timers) <= p->now_ms) {
+        goev_timer *t = goev__heap_pop(&p->timers);
         goev_handler *h = t->h_;
-        goev__heap_remove(&p->timers, t);
         if (t->period_) {
             /* Next period from the deadline, not from now, so a periodic
              * timer does not drift; but never into the past (after a long

@@ -124,11 +124,19 @@ GOEV__HIDDEN void goev__outq_clear(struct goev__pool *pl, struct goev__outq *q);
 
 /* 4-ary min-heap of timers ordered by (when_, seq_); each timer knows its
  * index, so removal is O(log n).  Every push takes the next seq, so timers
- * with one deadline fire in the order they were started. */
+ * with one deadline fire in the order they were started.  Each slot holds
+ * the deadline beside the pointer, so that sifts compare without touching
+ * the timers (seq_ is read only on equal deadlines); a node's four children
+ * share one 64-byte line (timer_heap.c). */
+struct goev__heap_ent {
+    uint64_t when;      /* == t->when_ */
+    goev_timer *t;
+};
 struct goev__heap {
-    goev_timer **a;
+    struct goev__heap_ent *a;
     uint32_t n, cap;
     uint64_t seq;
+    void *mem;          /* the allocation a lives in */
 };
 
 /* Deadlines saturate: a delay or period too large for the clock means
@@ -142,17 +150,17 @@ GOEV__HIDDEN int goev__heap_init(struct goev__heap *hp, uint32_t cap);
 GOEV__HIDDEN void goev__heap_fini(struct goev__heap *hp);
 GOEV__HIDDEN int goev__heap_push(struct goev__heap *hp, goev_timer *t);
 GOEV__HIDDEN void goev__heap_remove(struct goev__heap *hp, goev_timer *t);
+/* Remove and return the earliest timer; the heap must not be empty. */
+GOEV__HIDDEN goev_timer *goev__heap_pop(struct goev__heap *hp);
 /* Earliest timer, or NULL. */
 static inline goev_timer *goev__heap_top(const struct goev__heap *hp)
 {
-    return hp->n ? hp->a[0] : NULL;
+    return hp->n ? hp->a[0].t : NULL;
 }
-/* Remove and return the earliest timer; the heap must not be empty. */
-static inline goev_timer *goev__heap_pop(struct goev__heap *hp)
+/* Earliest deadline; the heap must not be empty. */
+static inline uint64_t goev__heap_top_when(const struct goev__heap *hp)
 {
-    goev_timer *t = hp->a[0];
-    goev__heap_remove(hp, t);
-    return t;
+    return hp->a[0].when;
 }
 
 /* ---- connections --------------------------------------------------------- */

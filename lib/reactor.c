@@ -479,8 +479,7 @@ void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd)
 
 static int next_timeout(goev_poller *p)
 {
-    goev_timer *t = goev__heap_top(&p->timers);
-    uint64_t when = t ? t->when_ : UINT64_MAX;
+    uint64_t when = p->timers.n ? goev__heap_top_when(&p->timers) : UINT64_MAX;
     if (p->retry_at < when)
         when = p->retry_at;
     if (when == UINT64_MAX)

@@ -1,51 +1,95 @@
 /* timer_heap.c - 4-ary min-heap of timers, keyed by (when_, seq_).
  *
  * Why 4-ary: a pop sifts down log4(n) levels instead of log2(n), and the four
- * children of a node are adjacent pointers (one cache line for the array
- * part), so fewer, cheaper levels beat the extra compares.  bench/timer_bench
- * measures it against a binary heap.
+ * children of a node are adjacent, so fewer, cheaper levels beat the extra
+ * compares.  bench/timer_bench measures it against a binary heap.
+ *
+ * Layout: each slot is 16 bytes, {deadline, timer}, so a sift compares the
+ * deadlines in the array and touches a timer only to store its new index
+ * (and to read seq_ when two deadlines are equal).  The array is 64-byte
+ * aligned and slot 0 is the last slot of a line, so the children of any
+ * node, 4i+1 .. 4i+4, fill exactly one line: a level costs one line.
  *
  * Each timer carries its own position (idx_), which makes cancel O(log n)
  * instead of the mark-and-skip of the Go original: a cancelled idle timer
  * leaves no garbage behind to skew the next timeout or hold memory.
  *
- * Sifts move a hole rather than swapping: each level costs one load and one
- * store of the array plus one idx_ store, and the moving timer is written
- * once, at the end.
+ * Sifts move a hole rather than swapping.  Removal sifts the hole down to
+ * the bottom along the smallest children (no compare against the element
+ * that will fill it, which came from the bottom and almost always belongs
+ * there), then lets the last element rise from there (usually not at all).
  *
  * Ties: no two keys are equal.  Each push stamps the timer with the heap's
  * next sequence number, and timers with one deadline compare by it, so they
  * come out in the order they were pushed (started), as libuv promises too.
- * The sequence is 64 bits: it does not wrap. */
+ * The sequence is 64 bits: it does not wrap.  A pushed timer has the largest
+ * sequence of all, so its rise compares deadlines only. */
 #include "goev-internal.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define D 4
 #define PARENT(i) (((i) - 1) / D)
 #define FIRST_CHILD(i) ((i) * D + 1)
 
+#define LINE 64
+/* slots before slot 0 in its line: 4i+1 starts a line */
+#define OFFSET (LINE / sizeof(struct goev__heap_ent) - 1)
+
 /* Smallest capacity worth allocating; keeps the first pushes from
  * reallocating one slot at a time. */
 #define HEAP_MIN_CAP 16
 
+typedef struct goev__heap_ent ent;
+
 /* Does a come out before b? */
-static inline bool before(const goev_timer *a, const goev_timer *b)
+static inline bool before(ent a, ent b)
 {
-    return a->when_ < b->when_ || (a->when_ == b->when_ && a->seq_ < b->seq_);
+    return a.when < b.when || (a.when == b.when && a.t->seq_ < b.t->seq_);
+}
+
+/* From a block's start to the first address OFFSET slots into a line. */
+static inline size_t slot_skip(const char *m)
+{
+    return (OFFSET * sizeof(ent) - (uintptr_t)m) & (LINE - 1);
+}
+
+/* Heaps larger than this (slots) are assumed not to fit the cache. */
+#define PREFETCH_MIN 16384
+
+/* before(), with the deadlines compared first and seq_ read only on a tie:
+ * written so that the common case compiles to a compare and a set */
+static inline uint32_t lt(ent a, ent b)
+{
+    if (GOEV__UNLIKELY(a.when == b.when))
+        return a.t->seq_ < b.t->seq_;
+    return a.when < b.when;
+}
+
+/* Memory for cap slots, line-aligned as described above; the new block's
+ * start is stored in *mem. */
+static ent *alloc_slots(uint32_t cap, void **mem)
+{
+    char *m = goev__malloc((size_t)cap * sizeof(ent) + LINE);
+    if (!m)
+        return NULL;
+    *mem = m;
+    return (ent *)(void *)(m + slot_skip(m));
 }
 
 int goev__heap_init(struct goev__heap *hp, uint32_t cap)
 {
     hp->a = NULL;
+    hp->mem = NULL;
     hp->n = 0;
     hp->cap = 0;
     hp->seq = 0;
     if (cap == 0)
         return 0;
-    hp->a = goev__malloc((size_t)cap * sizeof *hp->a);
+    hp->a = alloc_slots(cap, &hp->mem);
     if (!hp->a)
         return -ENOMEM;
     hp->cap = cap;
@@ -56,54 +100,69 @@ int goev__heap_init(struct goev__heap *hp, uint32_t cap)
 void goev__heap_fini(struct goev__heap *hp)
 {
     for (uint32_t i = 0; i < hp->n; i++)
-        hp->a[i]->idx_ = UINT32_MAX;
-    goev__free(hp->a);
+        hp->a[i].t->idx_ = UINT32_MAX;
+    goev__free(hp->mem);
     hp->a = NULL;
+    hp->mem = NULL;
     hp->n = hp->cap = 0;
 }
 
-static void sift_up(goev_timer **a, uint32_t i, goev_timer *t)
+/* e rises from the hole at i; by_when: e is the newest (largest seq), so
+ * equal deadlines never let it pass. */
+static inline __attribute__((always_inline)) void sift_up(ent *a, uint32_t i, ent e, bool by_when)
 {
     while (i > 0) {
         uint32_t p = PARENT(i);
-        goev_timer *pt = a[p];
-        if (!before(t, pt))
+        ent pe = a[p];
+        if (by_when ? !(e.when < pe.when) : !before(e, pe))
             break;
-        a[i] = pt;
-        pt->idx_ = i;
+        a[i] = pe;
+        pe.t->idx_ = i;
         i = p;
     }
-    a[i] = t;
-    t->idx_ = i;
+    a[i] = e;
+    e.t->idx_ = i;
 }
 
-static void sift_down(goev_timer **a, uint32_t n, uint32_t i, goev_timer *t)
+/* mv sinks from the hole at i: the hole moves down along the smallest
+ * children while one of them comes out before mv; n: slots in use, not
+ * counting mv.  Returns where mv belongs (not stored). */
+static inline __attribute__((always_inline)) uint32_t hole_down(ent *a, uint32_t n, uint32_t i, ent mv)
 {
     for (;;) {
         uint32_t c = FIRST_CHILD(i);
         if (c >= n)
             break;
-        /* Pick the smallest of up to four children.  The full-fan case
-         * is the common one inside a big heap: unroll it without bounds
-         * checks. */
-        goev_timer *mt = a[c];
+        const ent *g = &a[c];
         uint32_t m = c;
+        uint64_t mw = g[0].when;
         if (GOEV__LIKELY(c + D <= n)) {
-            if (before(a[c + 1], mt)) { m = c + 1; mt = a[m]; }
-            if (before(a[c + 2], mt)) { m = c + 2; mt = a[m]; }
-            if (before(a[c + 3], mt)) { m = c + 3; mt = a[m]; }
+            /* children on the next level but one: in a heap too big for
+             * the cache, start the line needed after this one */
+            if (n > PREFETCH_MIN && FIRST_CHILD(c) < n) {
+                __builtin_prefetch(&a[FIRST_CHILD(c)]);
+                __builtin_prefetch(&a[FIRST_CHILD(c + 1)]);
+                __builtin_prefetch(&a[FIRST_CHILD(c + 2)]);
+                __builtin_prefetch(&a[FIRST_CHILD(c + 3)]);
+            }
+            /* the full fan, the common case inside a big heap: unrolled
+             * without bounds checks */
+            if (lt(g[1], a[m])) m = c + 1;
+            if (lt(g[2], a[m])) m = c + 2;
+            if (lt(g[3], a[m])) m = c + 3;
         } else {
             for (uint32_t k = c + 1; k < n; k++)
-                if (before(a[k], mt)) { m = k; mt = a[m]; }
+                if (lt(a[k], a[m]))
+                    m = k;
         }
-        if (!before(mt, t))
+        (void)mw;
+        if (!lt(a[m], mv))
             break;
-        a[i] = mt;
-        mt->idx_ = i;
+        a[i] = a[m];
+        a[i].t->idx_ = i;
         i = m;
     }
-    a[i] = t;
-    t->idx_ = i;
+    return i;
 }
 
 static int grow(struct goev__heap *hp)
@@ -117,10 +176,18 @@ static int grow(struct goev__heap *hp)
         ncap = hp->cap * 2;
     if (ncap <= hp->cap)
         return -ENOMEM;
-    goev_timer **na = goev__realloc(hp->a, (size_t)ncap * sizeof *na);
-    if (!na)
+    /* realloc (not a fresh block): the contents come along, at their old
+     * distance from the block's start; the new block may need them at
+     * another one to keep the children's lines aligned. */
+    size_t old_skip = hp->mem ? (size_t)((char *)hp->a - (char *)hp->mem) : 0;
+    char *m = goev__realloc(hp->mem, (size_t)ncap * sizeof(ent) + LINE);
+    if (!m)
         return -ENOMEM;
+    ent *na = (ent *)(void *)(m + slot_skip(m));
+    if ((char *)na != m + old_skip && hp->n)
+        memmove(na, m + old_skip, (size_t)hp->n * sizeof *na);
     hp->a = na;
+    hp->mem = m;
     hp->cap = ncap;
     return 0;
 }
@@ -134,8 +201,29 @@ int goev__heap_push(struct goev__heap *hp, goev_timer *t)
             return rc;
     }
     t->seq_ = hp->seq++;
-    sift_up(hp->a, hp->n++, t);
+    sift_up(hp->a, hp->n++, (ent){t->when_, t}, true);
     return 0;
+}
+
+/* Fill the hole at i (its timer already gone) with the last slot. */
+static inline void fill(struct goev__heap *hp, uint32_t i)
+{
+    uint32_t last = --hp->n;
+    if (i == last)
+        return;
+    ent *a = hp->a;
+    ent mv = a[last];
+    /* The element moved into the hole came from the bottom, so it usually
+     * belongs further down; it can only need to go up when the hole was
+     * in a different subtree. */
+    if (i > 0 && before(mv, a[PARENT(i)]))
+        sift_up(a, i, mv, false);
+    else
+    {
+        i = hole_down(a, last, i, mv);
+        a[i] = mv;
+        mv.t->idx_ = i;
+    }
 }
 
 /* Removing a timer that is not in this heap is a no-op, so that cancelling
@@ -143,18 +231,16 @@ int goev__heap_push(struct goev__heap *hp, goev_timer *t)
 void goev__heap_remove(struct goev__heap *hp, goev_timer *t)
 {
     uint32_t i = t->idx_;
-    if (i >= hp->n || hp->a[i] != t)
+    if (i >= hp->n || hp->a[i].t != t)
         return;
     t->idx_ = UINT32_MAX;
-    uint32_t last = --hp->n;
-    if (i == last)
-        return;
-    goev_timer *mv = hp->a[last];
-    /* The element moved into the hole came from the bottom, so it usually
-     * belongs further down; it can only need to go up when the hole was
-     * in a different subtree. */
-    if (i > 0 && before(mv, hp->a[PARENT(i)]))
-        sift_up(hp->a, i, mv);
-    else
-        sift_down(hp->a, last, i, mv);
+    fill(hp, i);
+}
+
+goev_timer *goev__heap_pop(struct goev__heap *hp)
+{
+    goev_timer *t = hp->a[0].t;
+    t->idx_ = UINT32_MAX;
+    fill(hp, 0);
+    return t;
 }

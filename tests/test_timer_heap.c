@@ -66,11 +66,13 @@ static void check_heap(const struct goev__heap *hp, const struct model *m, uint6
                  (unsigned long long)seed, step, hp->n, m->count);
     cr_assert_leq(hp->n, hp->cap);
     for (uint32_t i = 0; i < hp->n; i++) {
-        const goev_timer *t = hp->a[i];
+        const goev_timer *t = hp->a[i].t;
+        cr_assert_eq(hp->a[i].when, t->when_, "seed %llu step %u: slot %u key",
+                     (unsigned long long)seed, step, i);
         cr_assert_eq(t->idx_, i, "seed %llu step %u: idx_ %u at slot %u",
                      (unsigned long long)seed, step, t->idx_, i);
         if (i > 0)
-            cr_assert_leq(hp->a[(i - 1) / 4]->when_, t->when_,
+            cr_assert_leq(hp->a[(i - 1) / 4].when, t->when_,
                           "seed %llu step %u: heap order broken at %u",
                           (unsigned long long)seed, step, i);
     }
@@ -79,7 +81,7 @@ static void check_heap(const struct goev__heap *hp, const struct model *m, uint6
         if (m->in[k]) {
             cr_assert_lt(t->idx_, hp->n, "seed %llu step %u: timer %u lost",
                          (unsigned long long)seed, step, k);
-            cr_assert_eq(hp->a[t->idx_], t);
+            cr_assert_eq(hp->a[t->idx_].t, t);
         } else {
             cr_assert_eq(t->idx_, UINT32_MAX, "seed %llu step %u: idle timer %u has idx %u",
                          (unsigned long long)seed, step, k, t->idx_);
@@ -267,7 +269,8 @@ Test(timer_heap, remove_sifts_up)
     for (uint32_t i = 0; i < N; i++) {
         m.t[i].when_ = keys[i];
         m.t[i].idx_ = i;
-        hp.a[i] = &m.t[i];
+        hp.a[i].t = &m.t[i];
+        hp.a[i].when = keys[i];
         m.in[i] = true;
     }
     hp.n = m.count = N;
@@ -277,8 +280,8 @@ Test(timer_heap, remove_sifts_up)
     m.in[5] = false;
     m.count--;
     check_heap(&hp, &m, 0, 1);
-    cr_assert_eq(hp.a[1], &m.t[N - 1], "the moved element must rise to slot 1");
-    cr_assert_eq(hp.a[5], &m.t[1]);
+    cr_assert_eq(hp.a[1].t, &m.t[N - 1], "the moved element must rise to slot 1");
+    cr_assert_eq(hp.a[5].t, &m.t[1]);
     goev__heap_fini(&hp);
     model_fini(&m);
 }
@@ -304,7 +307,7 @@ Test(timer_heap, remove_foreign_timer)
     cr_assert_eq(b.idx_, 0);
     goev__heap_remove(&h1, &b);
     cr_assert_eq(h1.n, 3);
-    cr_assert_eq(h1.a[0], &a[0]);
+    cr_assert_eq(h1.a[0].t, &a[0]);
     cr_assert_eq(b.idx_, 0, "b must stay in its own heap");
     b.idx_ = 12345;
     goev__heap_remove(&h2, &b);
@@ -333,7 +336,7 @@ Test(timer_heap, growth_keeps_contents)
     cr_assert_eq(hp.n, N);
     cr_assert_geq(hp.cap, N);
     for (uint32_t i = 0; i < N; i++)
-        cr_assert_eq(hp.a[t[i].idx_], &t[i]);
+        cr_assert_eq(hp.a[t[i].idx_].t, &t[i]);
     uint64_t prev = 0;
     for (uint32_t i = 0; i < N; i++) {
         goev_timer *top = goev__heap_top(&hp);
