@@ -138,6 +138,22 @@ static int wants_close(const char *p, size_t n)
     return header_has(p, n, "connection", "close");
 }
 
+/* Room for need bytes of carried request in c->pend (doubling from 4 KiB):
+ * 0, or -1 without memory. */
+static int pend_reserve(struct conn *c, size_t need)
+{
+    if (need <= c->pcap)
+        return 0;
+    size_t cap = c->pcap ? c->pcap : 4096;
+    while (cap < need)
+        cap *= 2;
+    char *np = realloc(c->pend, cap);
+    if (!np)
+        return -1;
+    c->pend = np, c->pcap = cap;
+    return 0;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = (struct conn *)s;
@@ -154,16 +170,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     const char *p = buf->base;
     size_t len = (size_t)nread;
     if (c->plen) {                     /* complete the carried request */
-        if (c->plen + len > c->pcap) {
-            size_t cap = c->pcap ? c->pcap * 2 : 4096;
-            while (cap < c->plen + len)
-                cap *= 2;
-            char *np = realloc(c->pend, cap);
-            if (!np) {
-                conn_close(c);
-                return;
-            }
-            c->pend = np, c->pcap = cap;
+        if (pend_reserve(c, c->plen + len) < 0) {
+            conn_close(c);
+            return;
         }
         memcpy(c->pend + c->plen, p, len);
         c->plen += len;
@@ -218,16 +227,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (p == c->pend) {
             memmove(c->pend, c->pend + off, rest);
         } else {
-            if (rest > c->pcap) {
-                size_t cap = c->pcap ? c->pcap : 4096;
-                while (cap < rest)
-                    cap *= 2;
-                char *np = realloc(c->pend, cap);
-                if (!np) {
-                    conn_close(c);
-                    return;
-                }
-                c->pend = np, c->pcap = cap;
+            if (pend_reserve(c, rest) < 0) {
+                conn_close(c);
+                return;
             }
             memcpy(c->pend, p + off, rest);
         }
