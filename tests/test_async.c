@@ -404,8 +404,12 @@ Test(async, close_after_writes, .init = init_test, .timeout = TU_TIMEOUT)
     /* The second close finds the connection closing (harmless, as a second
      * goev_close); the write after it is refused on the poller. */
     uint64_t late = (uint64_t)(rc3 == 0);
+    /* The second close is dropped too (counted) when the poller took it
+     * after the slot was already released rather than while closing. */
+    uint64_t late_max = late + (uint64_t)(rc2 == 0);
     cr_assert(TU_WAIT_FOR((goev_stats_get(s.r, -1, &st1),
-                           st1.async_dropped - st0.async_dropped == late), 2000),
+                           st1.async_dropped - st0.async_dropped >= late &&
+                           st1.async_dropped - st0.async_dropped <= late_max), 2000),
               "%llu messages after the close accepted, %llu dropped", (unsigned long long)late,
               (unsigned long long)(st1.async_dropped - st0.async_dropped));
     cr_assert_eq(goev_async_close(s.r, 0), -EINVAL);
