@@ -1,11 +1,13 @@
 /* serve.h - the command line and life cycle the example servers share:
  *
- *   PROG -p PORT [-t POLLERS] [-r] [-s] [program options]
+ *   PROG -p PORT [-t POLLERS] [-r] [-s] [--tls-cert FILE --tls-key FILE]
+ *        [program options]
  *
  * -p 0 picks a free port (printed on stderr), -t sets the number of pollers,
  * -r gives each poller of the accepting reactor its own SO_REUSEPORT
  * listener, -s prints the summed goev statistics on exit as key=value pairs
- * (bench/run reads them).  SIGINT and SIGTERM stop the reactor(s); the
+ * (bench/run reads them).  --tls-cert and --tls-key (PEM files) serve TLS
+ * on the same port with the same handlers (ALPN offers http/1.1).  SIGINT and SIGTERM stop the reactor(s); the
  * servers then exit cleanly.
  *
  * One-reactor servers (echo, techempower) call serve_parse, serve_reactor_new
@@ -17,6 +19,7 @@
 
 #include "goev.h"
 
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +28,7 @@
 
 struct serve_opts {
     int port, pollers, reuseport, stats;
+    const char *tls_cert, *tls_key;     /* --tls-cert, --tls-key */
 };
 
 /* A program's own options on top of the shared ones. */
@@ -51,7 +55,7 @@ static void serve_on_signal(int sig)
 
 static inline void serve_usage(const char *prog, const struct serve_extra *x)
 {
-    fprintf(stderr, "usage: %s -p PORT [-t POLLERS] [-r] [-s]%s%s\n", prog,
+    fprintf(stderr, "usage: %s -p PORT [-t POLLERS] [-r] [-s] [--tls-cert FILE --tls-key FILE]%s%s\n", prog,
             x && x->usage ? " " : "", x && x->usage ? x->usage : "");
     if (x && x->help)
         fputs(x->help, stderr);
@@ -65,8 +69,15 @@ static inline void serve_parse_extra(int argc, char **argv, struct serve_opts *o
     snprintf(optstring, sizeof optstring, "p:t:rs%s", x && x->optstring ? x->optstring : "");
     int opt, bad = 0;
     *o = (struct serve_opts){ .port = -1, .pollers = 1 };
-    while (!bad && (opt = getopt(argc, argv, optstring)) != -1) {
+    static const struct option longs[] = {
+        { "tls-cert", required_argument, NULL, 0x100 },
+        { "tls-key", required_argument, NULL, 0x101 },
+        { NULL, 0, NULL, 0 },
+    };
+    while (!bad && (opt = getopt_long(argc, argv, optstring, longs, NULL)) != -1) {
         switch (opt) {
+        case 0x100: o->tls_cert = optarg; break;
+        case 0x101: o->tls_key = optarg; break;
         case 'p': o->port = atoi(optarg); break;
         case 't': o->pollers = atoi(optarg); break;
         case 'r': o->reuseport = 1; break;
@@ -75,7 +86,8 @@ static inline void serve_parse_extra(int argc, char **argv, struct serve_opts *o
         default: bad = !x || !x->take || x->take(opt, optarg, x->ctx) < 0; break;
         }
     }
-    if (bad || o->port < 0 || o->port > 65535 || o->pollers < 1 || optind != argc)
+    if (bad || o->port < 0 || o->port > 65535 || o->pollers < 1 || optind != argc ||
+        (o->tls_key && !o->tls_cert))
         serve_usage(argv[0], x);
 }
 
@@ -158,10 +170,23 @@ static inline int serve_run2(goev_reactor *accept_r, goev_reactor *conn_r,
     struct goev_acceptor_opts ao;
     goev_acceptor_opts_init(&ao);
     ao.reuseport = o->reuseport;
+    if (o->tls_cert) {
+        struct goev_tls_opts to;
+        goev_tls_opts_init(&to);
+        to.cert_file = o->tls_cert;
+        to.key_file = o->tls_key;
+        to.alpn = "http/1.1";
+        int err = goev_tls_ctx_new(&ao.tls, 1, &to);
+        if (err < 0) {
+            fprintf(stderr, "TLS: %s (%s)\n", goev_strerror(err), goev_tls_error_string());
+            return 1;
+        }
+    }
     char addr[16];
     snprintf(addr, sizeof addr, ":%d", o->port);
     goev_acceptor *a;
     int err = goev_acceptor_new(&a, accept_r, conn_r, addr, &ao, new_handler, arg);
+    goev_tls_ctx_free(ao.tls);      /* the acceptor holds its own reference */
     if (err < 0) {
         fprintf(stderr, "listen on %s: %s\n", addr, strerror(-err));
         return 1;
@@ -173,8 +198,8 @@ static inline int serve_run2(goev_reactor *accept_r, goev_reactor *conn_r,
     serve_reactors_[1] = two ? conn_r : NULL;
     serve_signals(serve_on_signal);
 
-    fprintf(stderr, "listening on %d backend=%s\n", goev_acceptor_port(a),
-            goev_backend_name(conn_r));
+    fprintf(stderr, "listening on %d backend=%s%s\n", goev_acceptor_port(a),
+            goev_backend_name(conn_r), o->tls_cert ? " tls=on" : "");
     int status = 0;
     if (two && (err = goev_reactor_start(conn_r)) < 0) {
         fprintf(stderr, "goev_reactor_start: %s\n", strerror(-err));

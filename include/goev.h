@@ -91,6 +91,7 @@ typedef struct goev_poller goev_poller;
 typedef struct goev_handler goev_handler;
 typedef struct goev_timer goev_timer;
 typedef struct goev_acceptor goev_acceptor;
+typedef struct goev_tls_ctx goev_tls_ctx;
 struct goev_siginfo;
 
 /* A connection's identity for goev_async_write: poller index, slot and
@@ -296,6 +297,8 @@ struct goev_stats {
     uint64_t resolves;      /* name lookups started (c-ares queries, hosts file included) */
     uint64_t resolve_hits;  /* name connects answered from the poller's cache */
     uint64_t connect_next;  /* connects by name that went on to the next address */
+    uint64_t tls_handshakes; /* TLS handshakes completed (both sides) */
+    uint64_t tls_failures;  /* TLS connections closed for a TLS reason (GOEV_ETLS*) */
 };
 
 /* Copy poller i's counters into *out (i = -1: the sum over all pollers).
@@ -560,6 +563,14 @@ GOEV_EXTERN int goev_addr_parse(const char *s, struct sockaddr_storage *ss, sock
 #define GOEV_EDNSTIMEDOUT (-5002)   /* the name servers did not answer */
 #define GOEV_EDNSFAIL     (-5003)   /* the lookup failed otherwise */
 #define GOEV_ENORESOLV    (-5004)   /* built without name resolution (c-ares) */
+/* Errors of TLS (see "TLS"). */
+#define GOEV_ETLS         (-5010)   /* handshake failed (not TLS, no common ground, alert) */
+#define GOEV_ETLSVERIFY   (-5011)   /* the peer's certificate did not verify */
+#define GOEV_ETLSTIMEDOUT (-5012)   /* the handshake did not finish in time */
+#define GOEV_ETLSPROTO    (-5013)   /* a bad record or fatal alert after the handshake */
+#define GOEV_ETLSRENEG    (-5014)   /* the peer tried to renegotiate */
+#define GOEV_ETLSTRUNC    (-5015)   /* the connection ended inside a record */
+#define GOEV_ENOTLS       (-5016)   /* built without TLS (OpenSSL) */
 
 /* A message for an error the library returned or passed to a callback: a
  * negative errno (as strerror) or one of the GOEV_E* codes above.  Static
@@ -620,6 +631,12 @@ struct goev_acceptor_opts {
     int sndbuf;         /* SO_SNDBUF of accepted sockets; 0 = leave */
     /* TCP keepalive of accepted sockets, as goev_set_keepalive; 0 = off */
     int keepalive_idle, keepalive_interval, keepalive_count;
+    /* Serve TLS with this server context (goev_tls_ctx_new(..., 1, ...)):
+     * every accepted connection does the handshake first, and its
+     * handler sees plaintext only (see "TLS").  NULL = plain TCP.  The
+     * acceptor keeps a reference, so the caller may free its own at
+     * once. */
+    goev_tls_ctx *tls;
 };
 
 /* Defaults: backlog 4096, reuseaddr 1, unlink_unix 1, the rest 0.  The
@@ -719,6 +736,16 @@ struct goev_connect_opts {
                                (so the window scale fits); 0 = leave */
     /* TCP keepalive, as goev_set_keepalive; keepalive_idle 0 = off */
     int keepalive_idle, keepalive_interval, keepalive_count;
+    /* Speak TLS with this client context (goev_tls_ctx_new(..., 0, ...)):
+     * the handshake follows the TCP connect, and on_open comes after it
+     * (see "TLS").  NULL = plain TCP.  The connection keeps its own
+     * reference to the context. */
+    goev_tls_ctx *tls;
+    /* The name sent as SNI and checked against the server's certificate.
+     * NULL = the host of "host:port" for a name, or for a numeric address
+     * no SNI and the IP checked against the certificate's IP entries.
+     * Copied. */
+    const char *tls_server_name;
 };
 
 /* All zero: no timeout, no bind, TCP_NODELAY on, kernel defaults. */
@@ -828,6 +855,151 @@ GOEV_EXTERN int goev_timer_cancel(goev_timer *t);
 
 /* Non-zero if t is scheduled.  Poller thread. */
 GOEV_EXTERN int goev_timer_active(const goev_timer *t);
+
+/* ------------------------------------------------------------------------ */
+/* TLS                                                                      */
+
+/* TLS is a layer of the connection, between the backend and the handler,
+ * so that one handler works with and without it: on_read receives
+ * plaintext; goev_write, goev_async_write and goev_sendfile take
+ * plaintext and the library encrypts it; goev_shutdown and goev_close
+ * send close_notify first.  The work is OpenSSL 3's (goev built with
+ * libssl; without it goev_tls_ctx_new returns GOEV_ENOTLS); the bytes come
+ * and go through the backend's usual path (epoll's read buffer, io_uring's
+ * provided buffers and SENDs), which OpenSSL reads from and writes into
+ * directly: no socket BIO, no extra system call.
+ *
+ * Server: set goev_acceptor_opts.tls.  Client: set goev_connect_opts.tls
+ * (goev_connect_ex, or goev_pool_opts.connect for pooled TLS connections).
+ *
+ * The handshake runs before on_open: an accepted or connected connection
+ * is the library's until the handshake has finished, then on_open is
+ * called as for plain TCP.  Writes made before (a client's first request)
+ * are queued and encrypted once the handshake is done.  It has
+ * handshake_timeout_ms to finish.  A connection whose handshake fails is
+ * closed: on a client, on_connect_fail(h, err) then on_close(h, err), as
+ * for a failed connect (pools back off as for a refused connect); on a
+ * server, on_close(h, err), with err one of:
+ *   GOEV_ETLS          not TLS, no common version or cipher, the peer sent
+ *                      an alert, or hung up during the handshake;
+ *   GOEV_ETLSVERIFY    the peer's certificate did not verify (unknown CA,
+ *                      expired, wrong name);
+ *   GOEV_ETLSTIMEDOUT  the handshake took longer than handshake_timeout_ms.
+ * After the handshake a connection closes with:
+ *   GOEV_ETLSPROTO     a record that does not decrypt or parse, a fatal
+ *                      alert from the peer;
+ *   GOEV_ETLSRENEG     the peer asked to renegotiate (TLS 1.2): refused;
+ *   GOEV_ETLSTRUNC     the connection ended in the middle of a record.
+ * An EOF after the peer's close_notify, or at a record boundary without
+ * one (many clients just close), is EOF as on TCP: on_eof.
+ * goev_tls_error_string() tells OpenSSL's reason for the last of these on
+ * the calling thread (in on_close, say).  OpenSSL's error queue is left
+ * empty after every call goev makes.
+ *
+ * goev_sendfile on a TLS connection reads the file with pread, a slice of
+ * at most the output high-water mark at a time, and encrypts it: ordered,
+ * bounded in memory, but through user space (kernel TLS would avoid that,
+ * see below).
+ *
+ * Kernel TLS: goev probes the kernel's "tls" TCP upper layer once per
+ * process (GOEV_DEBUG prints the result) and reports it in
+ * goev_tls_info.ktls_tx/ktls_rx.  This version always encrypts in user
+ * space: ktls_* are 0.
+ *
+ * Threads: a context may be used by every poller of every reactor at
+ * once; it is reference-counted (the acceptors and connections using it
+ * hold references), so goev_tls_ctx_free may be called as soon as nothing
+ * new will be given it. */
+
+struct goev_tls_opts {
+    /* PEM certificate, followed by its chain (server: required; client:
+     * optional, a client certificate). */
+    const char *cert_file;
+    /* PEM private key of cert_file; NULL = in cert_file. */
+    const char *key_file;
+    /* Verify the peer against the CAs of this PEM file and/or directory
+     * (c_rehash layout).  Client: both NULL = the system's store
+     * (/etc/ssl/certs).  Server: used when verify_client is set. */
+    const char *ca_file;
+    const char *ca_dir;
+    /* Client: non-zero skips verifying the server's certificate and name
+     * (accepts anyone: for tests only).  The default verifies. */
+    int no_verify;
+    /* Server: non-zero asks every client for a certificate and refuses
+     * one without a certificate that verifies against ca_file/ca_dir
+     * (GOEV_ETLSVERIFY).  The default asks for none. */
+    int verify_client;
+    /* ALPN: a comma-separated list such as "h2,http/1.1".  Client: offered
+     * in this order.  Server: accepted in this order of preference; a
+     * client that offers none of them is served without ALPN.  NULL =
+     * no ALPN. */
+    const char *alpn;
+    /* The handshake must finish within this (0 = 10000 ms; < 0 = no
+     * limit). */
+    int handshake_timeout_ms;
+    /* Oldest protocol version accepted: 0 or 12 = TLS 1.2, 13 = TLS 1.3. */
+    int min_version;
+    /* OpenSSL cipher list for TLS 1.2 and ciphersuites for TLS 1.3; NULL
+     * = OpenSSL's defaults. */
+    const char *ciphers;
+    const char *ciphersuites;
+};
+
+/* Fill *o with the defaults (all zero: see each field).  Any thread. */
+GOEV_EXTERN void goev_tls_opts_init(struct goev_tls_opts *o);
+
+/* Make a TLS context: server != 0 for an acceptor, 0 for connects.  The
+ * files are read now.  Returns 0 and *out, or GOEV_ENOTLS (built without
+ * OpenSSL), -EINVAL (bad option: a server without cert_file, verify_client without CAs, a malformed
+ * ALPN list, an unknown cipher, min_version not 0/12/13), -ENOENT (a file
+ * missing), GOEV_ETLS (a file OpenSSL cannot use: not PEM, key not
+ * matching the certificate; goev_tls_error_string says why), -ENOMEM.
+ * Any thread. */
+GOEV_EXTERN int goev_tls_ctx_new(goev_tls_ctx **out, int server, const struct goev_tls_opts *o);
+
+/* Server contexts: serve cert_file/key_file to clients whose SNI asks for
+ * name ("api.example.com", or "*.example.com" for any one label in its
+ * place; matched without case).  Names are tried in the order added;
+ * a client asking for no name or another one gets the context's own
+ * certificate.  ALPN, verification and versions stay the context's.
+ * Returns 0, -EINVAL (client context, bad name), -ENOENT, GOEV_ETLS,
+ * -ENOMEM.  Call before the context is given to an acceptor. */
+GOEV_EXTERN int goev_tls_ctx_add_sni(goev_tls_ctx *ctx, const char *name, const char *cert_file,
+                                     const char *key_file);
+
+/* Drop the caller's reference: the context goes when the acceptors and
+ * connections using it are gone too.  NULL is a no-op.  Any thread. */
+GOEV_EXTERN void goev_tls_ctx_free(goev_tls_ctx *ctx);
+
+/* What a TLS connection negotiated. */
+struct goev_tls_info {
+    char version[16];       /* "TLSv1.3", "TLSv1.2" */
+    char cipher[64];        /* "TLS_AES_256_GCM_SHA384", ... */
+    char alpn[256];         /* the protocol agreed by ALPN, "" if none */
+    char server_name[256];  /* SNI: asked for by the client (server side), or
+                               sent (client side); "" if none */
+    int peer_verified;      /* the peer's certificate was verified */
+    int has_peer_cert;      /* the peer presented a certificate */
+    int resumed;            /* session resumption (a ticket) */
+    int ktls_tx, ktls_rx;   /* kernel TLS in use for sending, receiving */
+};
+
+/* Fill *out for h's connection.  Returns 0, -EINVAL (h is not a TLS
+ * connection), -EAGAIN (the handshake has not finished: before on_open),
+ * -ENOTCONN (h has no connection).  Poller thread. */
+GOEV_EXTERN int goev_tls_info_get(const goev_handler *h, struct goev_tls_info *out);
+
+/* The subject of the peer's certificate, one line in RFC 2253 form
+ * ("CN=client,O=Example"), into buf.  Returns its length (without the
+ * NUL), -ENOENT (the peer sent no certificate), -ENOSPC (cap too small;
+ * buf holds "" if cap > 0), or as goev_tls_info_get.  Poller thread. */
+GOEV_EXTERN int goev_tls_peer_subject(const goev_handler *h, char *buf, size_t cap);
+
+/* OpenSSL's reason (e.g. "tls_early_post_process_client_hello: unsupported
+ * protocol") for the last TLS failure that closed a connection, or made
+ * goev_tls_ctx_new fail, on the calling thread; "" if none.  Thread-local
+ * storage, overwritten by the next failure. */
+GOEV_EXTERN const char *goev_tls_error_string(void);
 
 /* ------------------------------------------------------------------------ */
 /* Connection pool                                                          */

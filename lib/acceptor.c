@@ -118,6 +118,8 @@ int goev_acceptor_new(goev_acceptor **out, goev_reactor *accept_r, goev_reactor 
         return rc;
     if (ss.ss_family == AF_UNIX)
         o.reuseport = 0;
+    if (o.tls && !goev__tls_ctx_server(o.tls))
+        return -EINVAL;     /* a client context cannot serve */
     int nl = o.reuseport ? accept_r->npollers : 1;
     goev_acceptor *a = goev__calloc(1, sizeof *a + (size_t)nl * sizeof a->l[0]);
     if (!a)
@@ -127,6 +129,7 @@ int goev_acceptor_new(goev_acceptor **out, goev_reactor *accept_r, goev_reactor 
     a->new_handler = new_handler;
     a->arg = arg;
     a->o = o;
+    goev__tls_ctx_ref(o.tls);   /* dropped where a is freed */
     a->local = o.reuseport && accept_r == conn_r;
     for (int i = 0; i < nl; i++)
         a->l[i].fd = -1;
@@ -180,6 +183,7 @@ fail:
             close(a->l[i].fd);
     if (a->unix_path[0])
         unlink(a->unix_path);
+    goev_tls_ctx_free(a->o.tls);
     goev__free(a);
     return rc;
 }
@@ -211,6 +215,7 @@ void goev_acceptor_free(goev_acceptor *a)
     }
     if (a->unix_path[0])
         unlink(a->unix_path);
+    goev_tls_ctx_free(a->o.tls);
     goev__free(a);
 }
 
@@ -221,7 +226,7 @@ static int adopt_new(goev_poller *p, goev_acceptor *a, int fd, uint32_t cflags)
     goev_handler *h = a->new_handler(p, a->arg);
     if (!h)
         return -ENOMEM;
-    int rc = goev__adopt(p, h, fd, false, cflags);
+    int rc = goev__adopt(p, h, fd, false, cflags, a->o.tls);
     /* The handler was made for this connection: let its owner free it. */
     if (rc < 0 && h->ops && h->ops->on_close)
         h->ops->on_close(h, rc);

@@ -2,6 +2,7 @@
  * kept tail, output queue and flushing, close, timers, connector, watches. */
 #include "goev-internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -84,10 +85,11 @@ void goev__slots_fini(goev_poller *p)
             struct goev__conn *c = goev__chunk_slot(p, chunk, k);
             goev__free(c->in);
             goev__outq_clear(&p->pool, &c->out);
-            if (c->cx) {
+            if (c->cx && (c->flags & GOEV__C_TLS))
+                goev__tls_free(c);
+            else if (c->cx)
                 goev__pool_put(&p->pool, c->cx, GOEV__CONNECTING_BLOCK);
-                c->cx = NULL;
-            }
+            c->cx = NULL;
         }
         goev__free(chunk);
         p->chunks[i] = NULL;
@@ -120,6 +122,8 @@ static struct goev__conn *attach(goev_poller *p, goev_handler *h, int kind, int 
 static void detach(struct goev__conn *c)
 {
     c->fd = -1;
+    if (c->flags & GOEV__C_TLS)
+        goev__tls_free(c);
     if (c->h->timers_) {        /* keeps its timers: back to a timer slot */
         c->kind = GOEV__K_NONE;
         c->flags = 0;
@@ -202,6 +206,8 @@ static void finish(struct goev__conn *c)
     c->in_len = 0;
     c->in_cap = 0;
     goev__outq_clear(&c->p->pool, &c->out);
+    if (c->flags & GOEV__C_TLS)
+        goev__tls_free(c);
     slot_free(c);
     h->conn_ = NULL;    /* h->poller_ stays: on_close may want its poller */
     if (h->ops && h->ops->on_close)
@@ -260,6 +266,8 @@ static void connecting_end(struct goev__conn *c)
     struct goev__connecting *cx = c->cx;
     if (cx) {
         goev_timer_cancel(&cx->timer);
+        if (c->flags & GOEV__C_TLS)     /* part of the TLS state: stays */
+            return;
         goev__pool_put(&c->p->pool, cx, GOEV__CONNECTING_BLOCK);
         c->cx = NULL;
     }
@@ -308,11 +316,12 @@ void goev__abandon_all(goev_poller *p)
 }
 
 /* Stop reading, send what is queued, then close with reason. */
-static void close_gracefully(struct goev__conn *c, int reason)
+void goev__close_gracefully(struct goev__conn *c, int reason)
 {
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
         return;
-    if (c->kind == GOEV__K_STREAM && c->out.bytes && (c->flags & GOEV__C_OPEN)) {
+    bool busy = c->out.bytes || (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && goev__tls_busy(c, true));
+    if (c->kind == GOEV__K_STREAM && busy && (c->flags & GOEV__C_OPEN)) {
         c->flags |= GOEV__C_CLOSE_WANT;
         c->close_reason = reason;
         if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF)))
@@ -328,7 +337,7 @@ int goev_close(goev_handler *h)
     struct goev__conn *c = h ? h->conn_ : NULL;
     if (!c)
         return -EINVAL;
-    close_gracefully(c, 0);
+    goev__close_gracefully(c, 0);
     return 0;
 }
 
@@ -405,6 +414,15 @@ void goev__on_data(struct goev__conn *c, const char *data, size_t len)
     GOEV__STAT_ADD(c->p, bytes_in, len);
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
         return;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS)) {
+        goev__tls_input(c, data, len);      /* plaintext comes back in goev__deliver */
+        return;
+    }
+    goev__deliver(c, data, len);
+}
+
+void goev__deliver(struct goev__conn *c, const char *data, size_t len)
+{
     if (c->in_len || (c->flags & GOEV__C_NOREAD)) {
         int rc = keep_tail(c, data, len);
         if (rc < 0) {
@@ -427,6 +445,15 @@ void goev__on_eof(struct goev__conn *c)
 {
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_EOF))
         return;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && goev__tls_eof(c))
+        return;
+    goev__eof_plain(c);
+}
+
+void goev__eof_plain(struct goev__conn *c)
+{
+    if (c->flags & (GOEV__C_CLOSING | GOEV__C_EOF))
+        return;
     c->flags |= GOEV__C_EOF;
     if (!(c->flags & GOEV__C_NOREAD))
         c->p->be->conn_pause(c);        /* may fail and close c */
@@ -436,7 +463,7 @@ void goev__on_eof(struct goev__conn *c)
     int rc = h->ops->on_eof ? h->ops->on_eof(h) : 0;
     if ((rc == 0 && h->ops->on_eof) || (c->flags & GOEV__C_CLOSING))
         return;
-    close_gracefully(c, rc);
+    goev__close_gracefully(c, rc);
 }
 
 void goev__on_error(struct goev__conn *c, int err)
@@ -546,6 +573,8 @@ int goev_write(goev_handler *h, const void *data, size_t len)
         return -ENOTCONN;
     if (!len)
         return 0;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS))
+        return goev__tls_write(c, data, len);
     int rc = goev__outq_append(&c->p->pool, &c->out, data, len);
     if (rc < 0)
         return rc;
@@ -574,6 +603,11 @@ int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t len)
         return -EINVAL;
     if (S_ISREG(st.st_mode) && offset + len > (uint64_t)st.st_size)
         return -ENODATA;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS)) {
+        int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        GOEV__STAT_INC(c->p, sys_other);
+        return dup < 0 ? -errno : goev__tls_sendfile(c, dup, offset, len);
+    }
     /* sendfile(2) and splice take a regular fd, not a direct descriptor. */
     int sock = goev__conn_fd(c);
     if (sock < 0)
@@ -591,7 +625,10 @@ int goev_sendfile(goev_handler *h, int fd, uint64_t offset, uint64_t len)
 
 size_t goev_pending(const goev_handler *h)
 {
-    return h && h->conn_ ? h->conn_->out.bytes : 0;
+    const struct goev__conn *c = h ? h->conn_ : NULL;
+    if (!c)
+        return 0;
+    return c->out.bytes + (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) ? goev__tls_pending(c) : 0);
 }
 
 static void do_shutdown(struct goev__conn *c)
@@ -612,6 +649,13 @@ int goev_shutdown(goev_handler *h)
     if (!c || c->kind != GOEV__K_STREAM ||
         (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT | GOEV__C_SHUT_DONE)))
         return -ENOTCONN;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS)) {
+        /* close_notify first: goev__tls_flush queues it, on_sent shuts. */
+        c->flags |= GOEV__C_SHUT_WANT;
+        if (goev__tls_open(c))
+            goev__mark_dirty(c);
+        return 0;
+    }
     if (c->out.bytes || !(c->flags & GOEV__C_OPEN))
         c->flags |= GOEV__C_SHUT_WANT;
     else
@@ -633,6 +677,10 @@ void goev__on_sent(struct goev__conn *c, size_t n, bool blocked)
     }
     if (c->out.bytes || (c->flags & GOEV__C_CLOSING))
         return;
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && goev__tls_busy(c, false)) {
+        goev__mark_dirty(c);    /* the next slice of a file, or close_notify */
+        return;
+    }
     if (c->flags & GOEV__C_CLOSE_WANT) {
         goev__conn_close(c, c->close_reason);
         return;
@@ -656,6 +704,9 @@ void goev__flush_dirty(goev_poller *p)
     while ((c = p->dirty)) {
         p->dirty = c->dirty_next;
         c->flags &= ~GOEV__C_DIRTY;
+        if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) &&
+            (c->flags & (GOEV__C_OPEN | GOEV__C_CLOSING)) == GOEV__C_OPEN)
+            goev__tls_flush(c);     /* may close c */
         if ((c->flags & (GOEV__C_OPEN | GOEV__C_CLOSING)) == GOEV__C_OPEN &&
             c->out.bytes > c->out.inflight) {
             p->be->flush(c);
@@ -673,11 +724,30 @@ void goev__flush_dirty(goev_poller *p)
 /* The connection is up (accepted, adopted or connected): on_open, then read. */
 static void opened(struct goev__conn *c)
 {
-    goev_handler *h = c->h;
     c->flags |= GOEV__C_OPEN;
     GOEV__STAT_INC(c->p, conns);
+    if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS)) {
+        goev__tls_begin(c);     /* reads; goev__app_open once the handshake is done */
+        return;
+    }
+    goev__app_open(c);
+}
+
+/* on_open, then reading (a TLS connection reads already: the backend
+ * goes on, or is paused if on_open paused it), then what on_open wrote. */
+void goev__app_open(struct goev__conn *c)
+{
+    goev_handler *h = c->h;
+    bool tls = c->flags & GOEV__C_TLS;
     if (h->ops->on_open && !verdict(c, h->ops->on_open(h)))
         return;
+    if (tls) {
+        if (c->flags & (GOEV__C_SHUT_WANT | GOEV__C_CLOSE_WANT) || goev__tls_pending(c))
+            goev__mark_dirty(c);
+        if (c->in_len)
+            push_later(c);
+        return;
+    }
     if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_CLOSE_WANT))) {
         int rc = c->p->be->conn_start(c);
         if (rc < 0) {
@@ -691,7 +761,8 @@ static void opened(struct goev__conn *c)
         do_shutdown(c);
 }
 
-int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock, uint32_t cflags)
+int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock, uint32_t cflags,
+                goev_tls_ctx *tls)
 {
     if (!h || !h->ops || !h->ops->on_read)
         return -EINVAL;
@@ -707,6 +778,12 @@ int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock, uint
         return err;
     c->fd = fd;
     c->flags |= cflags;
+    if (tls && (err = goev__tls_attach(c, tls, NULL, NULL)) < 0) {
+        c->fd = -1;
+        c->flags &= ~cflags;
+        detach(c);
+        return err;
+    }
     opened(c);
     return 0;
 }
@@ -715,7 +792,7 @@ int goev_conn_open(goev_poller *p, goev_handler *h, int fd)
 {
     if (!p || fd < 0)
         return -EINVAL;
-    return goev__adopt(p, h, fd, true, 0);
+    return goev__adopt(p, h, fd, true, 0, NULL);
 }
 
 /* ---- connector ----------------------------------------------------------- */
@@ -735,7 +812,8 @@ static const struct goev_handler_ops connect_timer_ops = { .on_timeout = connect
 static int connecting_begin(struct goev__conn *c, uint64_t timeout_ms)
 {
     size_t cap;
-    struct goev__connecting *cx = goev__pool_get(&c->p->pool, GOEV__CONNECTING_BLOCK, &cap);
+    /* A TLS connection has one in its TLS state already. */
+    struct goev__connecting *cx = c->cx ? c->cx : goev__pool_get(&c->p->pool, GOEV__CONNECTING_BLOCK, &cap);
     if (!cx)
         return -ENOMEM;
     goev_timer_init(&cx->timer);
@@ -855,6 +933,36 @@ int goev__connect_attempt(struct goev__conn *c, const struct sockaddr *sa, sockl
     return rc;
 }
 
+/* A client TLS layer for c, if o asks for one: the name to send and verify
+ * is o's, else the host of "host:port" (name), else the numeric address's
+ * IP (ss).  0 or -ENOMEM. */
+static int connect_tls(struct goev__conn *c, const struct goev_connect_opts *o, const char *name,
+                       const struct sockaddr_storage *ss)
+{
+    if (!o->tls)
+        return 0;
+    if (o->tls_server_name)
+        return goev__tls_attach(c, o->tls, o->tls_server_name, NULL);
+    char host[256];
+    if (name) {
+        const char *colon = strrchr(name, ':');
+        size_t n = colon ? (size_t)(colon - name) : strlen(name);
+        if (n >= sizeof host)
+            n = sizeof host - 1;
+        memcpy(host, name, n);
+        host[n] = 0;
+        return goev__tls_attach(c, o->tls, host, NULL);
+    }
+    const void *a = NULL;
+    if (ss->ss_family == AF_INET)
+        a = &((const struct sockaddr_in *)(const void *)ss)->sin_addr;
+    else if (ss->ss_family == AF_INET6)
+        a = &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr;
+    if (!a || !inet_ntop(ss->ss_family, a, host, sizeof host))
+        return goev__tls_attach(c, o->tls, NULL, NULL);     /* unix: nothing to check */
+    return goev__tls_attach(c, o->tls, NULL, host);
+}
+
 /* "host:port": the slot connects while resolve.c looks the name up. */
 static int connect_by_name(goev_poller *p, goev_handler *h, const char *addr,
                            const struct goev_connect_opts *opts)
@@ -866,7 +974,8 @@ static int connect_by_name(goev_poller *p, goev_handler *h, const char *addr,
     if (!c)
         return rc;
     c->flags |= GOEV__C_CONNECTING;
-    if (opts->timeout_ms > 0)
+    rc = connect_tls(c, opts, addr, NULL);
+    if (rc == 0 && opts->timeout_ms > 0)
         rc = connecting_begin(c, (uint64_t)opts->timeout_ms);
     if (rc == 0)
         rc = goev__resolve_start(c, addr, opts);
@@ -885,6 +994,8 @@ int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
     socklen_t len;
     if (!p || !h || !h->ops || !h->ops->on_read)
         return -EINVAL;
+    if (opts && opts->tls && goev__tls_ctx_server(opts->tls))
+        return -EINVAL;     /* a server context cannot connect */
     if (!opts) {
         goev_connect_opts_init(&defaults);
         opts = &defaults;
@@ -904,7 +1015,8 @@ int goev_connect_ex(goev_poller *p, goev_handler *h, const char *addr,
     c->flags |= GOEV__C_CONNECTING;
     /* The timeout first: a connect whose timeout cannot be armed would
      * wait forever, so it is refused instead. */
-    if (opts->timeout_ms > 0)
+    rc = connect_tls(c, opts, NULL, &ss);
+    if (rc == 0 && opts->timeout_ms > 0)
         rc = connecting_begin(c, (uint64_t)opts->timeout_ms);
     if (rc == 0)
         rc = p->be->connect(c, (struct sockaddr *)&ss, len);

@@ -40,6 +40,7 @@ struct goev_pool {
     struct goev_pool_opts o;
     char addr[GOEV_ADDRSTRLEN];
     char bind[GOEV_ADDRSTRLEN];
+    char sni[256];          /* o.connect.tls_server_name, copied */
     goev_handler th;        /* owns the service timer and the waiters' timers */
     goev_timer svc;
     struct plist idle;      /* most recently released first */
@@ -152,8 +153,10 @@ static void waiter_answer(goev_pool *pool, goev_handler *conn, int err)
  * timer handler closed, and no callback of ours on the stack. */
 static void maybe_free(goev_pool *pool)
 {
-    if (pool->freed && !pool->busy && !open_or_opening(pool) && !pool->th.conn_)
+    if (pool->freed && !pool->busy && !open_or_opening(pool) && !pool->th.conn_) {
+        goev_tls_ctx_free(pool->o.connect.tls);
         goev__free(pool);
+    }
 }
 
 /* ---- the service pass ----------------------------------------------------- */
@@ -203,6 +206,7 @@ static void start_connects(goev_pool *pool, unsigned n)
     struct goev_connect_opts co = pool->o.connect;
     co.timeout_ms = pool->o.connect_timeout_ms;
     co.bind_addr = pool->bind[0] ? pool->bind : NULL;
+    co.tls_server_name = pool->sni[0] ? pool->sni : NULL;
     while (n-- && !pool->freed) {
         struct pconn *pc = goev__calloc(1, sizeof *pc);
         int rc = pc ? 0 : -ENOMEM;
@@ -487,6 +491,11 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
     const char *bind = o.connect.bind_addr;
     if (bind && (goev__parse_addr(bind, &ss, &len) < 0 || strlen(bind) >= GOEV_ADDRSTRLEN))
         return -EINVAL;
+    if (o.connect.tls && goev__tls_ctx_server(o.connect.tls))
+        return -EINVAL;
+    const char *sni = o.connect.tls_server_name;
+    if (sni && (!*sni || strlen(sni) >= sizeof ((goev_pool *)0)->sni))
+        return -EINVAL;
     goev_pool *pool = goev__calloc(1, sizeof *pool);
     if (!pool)
         return -ENOMEM;
@@ -496,6 +505,9 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
     strcpy(pool->addr, addr);
     if (bind)
         strcpy(pool->bind, bind);
+    pool->o.connect.tls_server_name = NULL;
+    if (sni)
+        strcpy(pool->sni, sni);
     goev_handler_init(&pool->th, &th_ops);
     pool->th.user = pool;
     goev_timer_init(&pool->svc);
@@ -507,6 +519,7 @@ int goev_pool_new(goev_pool **out, goev_poller *p, const char *addr,
         goev__free(pool);
         return rc;
     }
+    goev__tls_ctx_ref(pool->o.connect.tls);
     *out = pool;
     return 0;
 }

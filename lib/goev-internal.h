@@ -189,6 +189,7 @@ enum {
     GOEV__C_DIRECT      = 1u << 17, /* fd is an index in the poller's io_uring file
                                      * table (a direct descriptor), not an fd */
     GOEV__C_RESOLVING   = 1u << 18, /* connect by name: resolve.c holds its state */
+    GOEV__C_TLS         = 1u << 19, /* a TLS layer (tls.c): c->cx is its struct goev__tls */
 };
 /* Reading is off: paused by the application, or throttled by the library. */
 #define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
@@ -229,7 +230,9 @@ struct goev__conn {
     struct goev__conn *dirty_next;  /* flush list link */
     struct goev__conn *later_next;  /* later list link (tail, close) */
     uint32_t out_high, out_low;     /* output watermarks (UINT32_MAX: none) */
-    struct goev__connecting *cx;    /* connect timeout, while connecting */
+    struct goev__connecting *cx;    /* connect timeout, while connecting; with
+                                     * GOEV__C_TLS, always: the TLS state's own
+                                     * (connect, then handshake timeout) */
     /* The backend's own state (backend->conn_priv bytes) follows in the
      * same slot: goev__conn_priv. */
 };
@@ -427,6 +430,7 @@ struct goev_poller {
     int closing;                /* poller_shutdown has begun */
     int failed;                 /* the backend failed: the loop ended early */
     struct goev__resolver *resolver;    /* resolve.c: made at the first name connect */
+    char *tls_buf;              /* tls.c: plaintext scratch, made at the first TLS read */
     struct goev_stats stats;
 };
 
@@ -500,8 +504,9 @@ GOEV__HIDDEN void goev__post_handoff(goev_poller *p, goev_acceptor *a, int fd);
 
 /* Core helpers shared by the files of lib/ */
 GOEV__HIDDEN void goev__conn_close(struct goev__conn *c, int reason);
+/* tls: serve TLS with this server context (NULL: plain). */
 GOEV__HIDDEN int goev__adopt(goev_poller *p, goev_handler *h, int fd, bool set_nonblock,
-                             uint32_t cflags);
+                             uint32_t cflags, goev_tls_ctx *tls);
 GOEV__HIDDEN void goev__handoff(goev_poller *p, goev_acceptor *a, int fd);
 GOEV__HIDDEN void goev__run_later(goev_poller *p);
 GOEV__HIDDEN void goev__flush_dirty(goev_poller *p);
@@ -582,6 +587,53 @@ GOEV__HIDDEN void goev__resolver_free(goev_poller *p);
 GOEV__HIDDEN void goev__push_later(struct goev__conn *c);
 GOEV__HIDDEN int goev__connect_attempt(struct goev__conn *c, const struct sockaddr *sa,
                                        socklen_t len, const struct goev_connect_opts *o);
+
+/* ---- TLS (tls.c) --------------------------------------------------------
+ * A connection flagged GOEV__C_TLS has a struct goev__tls whose first member
+ * is its struct goev__connecting (c->cx points at it for the connection's
+ * whole life).  The backend's bytes are ciphertext: conn.c hands them to
+ * tls.c, which hands plaintext back through goev__deliver; plaintext
+ * written is queued in the TLS state and encrypted into c->out when the
+ * poller flushes. */
+/* Give c (attached, not open yet) a TLS layer with ctx: server_name is the
+ * client's SNI / name to verify (NULL: none; ip: verify this IP instead).
+ * 0, -ENOMEM. */
+GOEV__HIDDEN int goev__tls_attach(struct goev__conn *c, goev_tls_ctx *ctx, const char *server_name,
+                                  const char *ip);
+GOEV__HIDDEN void goev__tls_free(struct goev__conn *c);
+/* c is open (TCP): start reading and the handshake; on_open comes after. */
+GOEV__HIDDEN void goev__tls_begin(struct goev__conn *c);
+/* Ciphertext from the backend. */
+GOEV__HIDDEN void goev__tls_input(struct goev__conn *c, const char *data, size_t len);
+/* EOF from the backend: true if tls.c closed c for it, false for the
+ * ordinary EOF path. */
+GOEV__HIDDEN bool goev__tls_eof(struct goev__conn *c);
+/* Plaintext output: queued in the TLS layer. */
+GOEV__HIDDEN int goev__tls_write(struct goev__conn *c, const void *data, size_t len);
+GOEV__HIDDEN int goev__tls_sendfile(struct goev__conn *c, int fd, uint64_t off, uint64_t len);
+/* At flush: encrypt what is queued into c->out (a file range a slice at a
+ * time), then close_notify if a close or shutdown waits for it. */
+GOEV__HIDDEN void goev__tls_flush(struct goev__conn *c);
+/* Plaintext bytes not yet encrypted. */
+GOEV__HIDDEN size_t goev__tls_pending(const struct goev__conn *c);
+/* Something must still go out: plaintext, or close_notify (after a
+ * finished handshake) if a close or shutdown waits (or, closing, would
+ * wait) for it. */
+GOEV__HIDDEN bool goev__tls_busy(const struct goev__conn *c, bool closing);
+/* The handshake has finished. */
+GOEV__HIDDEN bool goev__tls_open(const struct goev__conn *c);
+GOEV__HIDDEN void goev__tls_poller_fini(goev_poller *p);
+/* Take a reference to ctx (acceptors) / drop one. */
+GOEV__HIDDEN goev_tls_ctx *goev__tls_ctx_ref(goev_tls_ctx *ctx);
+GOEV__HIDDEN int goev__tls_ctx_server(const goev_tls_ctx *ctx);
+
+/* conn.c for tls.c: plaintext into on_read (with the kept tail); the EOF
+ * path of a plain connection; on_open and what follows it. */
+GOEV__HIDDEN void goev__deliver(struct goev__conn *c, const char *data, size_t len);
+GOEV__HIDDEN void goev__eof_plain(struct goev__conn *c);
+GOEV__HIDDEN void goev__app_open(struct goev__conn *c);
+/* goev_close with a reason: what is queued goes out first. */
+GOEV__HIDDEN void goev__close_gracefully(struct goev__conn *c, int reason);
 
 /* ---- diagnostics (debug.c) ---------------------------------------------- */
 

@@ -169,6 +169,7 @@ static void poller_fini(goev_poller *p)
     if (!p->r)
         return;
     goev__resolver_free(p);
+    goev__tls_poller_fini(p);
     p->be->poller_fini(p);
     goev__slots_fini(p);
     goev__free(p->chunks);

@@ -10,6 +10,13 @@ const char *goev_strerror(int err)
     case GOEV_EDNSTIMEDOUT: return "Name servers did not answer in time";
     case GOEV_EDNSFAIL: return "Name resolution failed";
     case GOEV_ENORESOLV: return "Name resolution not built in (goev without c-ares)";
+    case GOEV_ETLS: return "TLS handshake failed";
+    case GOEV_ETLSVERIFY: return "TLS peer certificate did not verify";
+    case GOEV_ETLSTIMEDOUT: return "TLS handshake timed out";
+    case GOEV_ETLSPROTO: return "TLS protocol error (bad record or fatal alert)";
+    case GOEV_ETLSRENEG: return "TLS renegotiation refused";
+    case GOEV_ETLSTRUNC: return "TLS connection truncated inside a record";
+    case GOEV_ENOTLS: return "TLS not built in (goev without OpenSSL)";
     case 0: return "Success";
     default: break;
     }
