@@ -866,8 +866,15 @@ GOEV_EXTERN int goev_timer_active(const goev_timer *t);
  * send close_notify first.  The work is OpenSSL 3's (goev built with
  * libssl; without it goev_tls_ctx_new returns GOEV_ENOTLS); the bytes come
  * and go through the backend's usual path (epoll's read buffer, io_uring's
- * provided buffers and SENDs), which OpenSSL reads from and writes into
- * directly: no socket BIO, no extra system call.
+ * provided buffers and SENDs): a BIO of goev's copies the bytes from the
+ * backend's buffer into OpenSSL's record buffer (where OpenSSL decrypts
+ * in place: the one copy a socket BIO's read(2) would make too, without
+ * the system call), and appends the records OpenSSL makes to the
+ * connection's output queue.  The plaintext goes to on_read from a
+ * per-poller 64 KiB buffer, up to 64 KiB per call.  OpenSSL keeps its
+ * record buffers only while a record is in progress
+ * (SSL_MODE_RELEASE_BUFFERS); an idle TLS connection costs its SSL object
+ * (a few KiB) on top of a plain one.
  *
  * Server: set goev_acceptor_opts.tls.  Client: set goev_connect_opts.tls
  * (goev_connect_ex, or goev_pool_opts.connect for pooled TLS connections).
