@@ -873,8 +873,9 @@ GOEV_EXTERN int goev_timer_active(const goev_timer *t);
  * connection's output queue.  The plaintext goes to on_read from a
  * per-poller 64 KiB buffer, up to 64 KiB per call.  OpenSSL keeps its
  * record buffers only while a record is in progress
- * (SSL_MODE_RELEASE_BUFFERS); an idle TLS connection costs its SSL object
- * (a few KiB) on top of a plain one.
+ * (SSL_MODE_RELEASE_BUFFERS); an idle TLS connection still costs its SSL
+ * object, session and keys: about 15 KiB on top of a plain one (OpenSSL
+ * 3.0, measured with 2000 idle connections).
  *
  * Server: set goev_acceptor_opts.tls.  Client: set goev_connect_opts.tls
  * (goev_connect_ex, or goev_pool_opts.connect for pooled TLS connections).

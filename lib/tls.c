@@ -738,6 +738,12 @@ static void read_records(struct goev__conn *c)
         }
         if (n > 0) {
             have += (size_t)n;
+            /* All taken: no SSL_read that would only say WANT_READ - it
+             * would take a record buffer again and keep it while idle. */
+            if (!t->rd_len && !SSL_has_pending(t->ssl)) {
+                goev__deliver(c, buf, have);
+                return;
+            }
             if (have < TLS_BUF_SIZE)
                 continue;
         }
@@ -771,7 +777,7 @@ void goev__tls_input(struct goev__conn *c, const char *data, size_t len)
     t->rd = data;
     t->rd_len = len;
     ERR_clear_error();
-    if ((t->st & T_HS_DONE) || handshake(c))
+    if (((t->st & T_HS_DONE) || handshake(c)) && (t->rd_len || SSL_has_pending(t->ssl)))
         read_records(c);
     t->rd = NULL;
     t->rd_len = 0;
