@@ -974,12 +974,12 @@ Test(tls_client, client_cert_goev_server_sees_subject)
     cli_run(c);
     cr_assert(TU_WAIT_FOR(TU_LOAD(&srv.closed) == 2, 3000));
     cr_assert_eq(srv.last_reason, GOEV_ETLSVERIFY, "server on_close: %s", goev_strerror(srv.last_reason));
-    if (c->opened)
-        cr_assert_eq(c->close_reason, GOEV_ETLSPROTO, "client on_close: %s (%s)",
-                     goev_strerror(c->close_reason), c->err_str);
-    else
-        cr_assert(c->fail_err == GOEV_ETLS || c->fail_err == GOEV_ETLSVERIFY, "client: %s",
-                  goev_strerror(c->fail_err));
+    cr_log_info("client without a certificate: opened %d, connect_fail %s, on_close %s (%s)", c->opened,
+                goev_strerror(c->fail_err), goev_strerror(c->close_reason), c->err_str);
+    cr_assert_eq(c->opened, 1, "the client's TLS 1.3 handshake ends before the server judges it");
+    cr_assert_eq(c->connect_fail_calls, 0);
+    cr_assert_eq(c->close_reason, GOEV_ETLSPROTO, "client on_close: %s (%s)", goev_strerror(c->close_reason),
+                 c->err_str);
     free(c);
     reactor_end();
     goev_tls_ctx_free(ctx);
