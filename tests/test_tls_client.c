@@ -325,6 +325,7 @@ struct cli {
     size_t req_len;
     int close_at_open;          /* goev_close right after the request */
     int shut_at_open;           /* goev_shutdown right after the request */
+    int pause_at_open;          /* goev_pause_read before that */
     size_t want;                /* close once this many bytes came (0: at EOF) */
     uint64_t seed;              /* check input as stream seed (with want) */
     /* what happened */
@@ -356,6 +357,8 @@ static int c_open(goev_handler *h)
 {
     struct cli *c = h->user;
     c->info_rc = goev_tls_info_get(h, &c->info);
+    if (c->pause_at_open)
+        TU_CHECK(goev_pause_read(h) == 0, "goev_pause_read");
     if (c->req_len)
         TU_CHECK(goev_write(h, c->req, c->req_len) == 0, "client write");
     if (c->shut_at_open)
@@ -1332,7 +1335,7 @@ Test(tls_client, pool_reuses_tls_connection)
  * that loses the socket's unsent bytes: the server must get the whole
  * request and the close_notify, and its answer after that must find the
  * client still reading (and dropping it: nothing reaches on_read). */
-Test(tls_client, close_right_after_request_peer_gets_all)
+static void close_right_after_request(int pause)
 {
     struct raw r = {0};
     r.delay_ms = 100;
@@ -1350,6 +1353,7 @@ Test(tls_client, close_right_after_request_peer_gets_all)
     c->req = big;
     c->req_len = total;
     c->close_at_open = 1;
+    c->pause_at_open = pause;
     cli_run(c);
     raw_end(&r);
     cr_assert_eq(c->opened, 1, "not opened: %s (%s)", goev_strerror(c->close_reason), c->err_str);
@@ -1366,6 +1370,17 @@ Test(tls_client, close_right_after_request_peer_gets_all)
     reactor_end();
     goev_tls_ctx_free(ctx);
     tu_assert_no_failures();
+}
+
+Test(tls_client, close_right_after_request_peer_gets_all)
+{
+    close_right_after_request(0);
+}
+
+/* The same with reading paused first: the close reads on anyway. */
+Test(tls_client, close_while_paused_peer_gets_all)
+{
+    close_right_after_request(1);
 }
 
 /* A server that takes the close_notify and then neither answers nor
