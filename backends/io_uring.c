@@ -974,7 +974,7 @@ static void on_recv(goev_poller *p, struct ur *u, struct goev__conn *c, int res,
             goev__on_eof(c);
     } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EAGAIN) {
         goev__on_error(c, res);
-    } else if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF | GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))) {
+    } else if (goev__reading_wanted(c->flags)) {
         /* Out of buffers, multishot ended (EAGAIN: as for SEND below), or
          * a resume overtook a pause's cancel: read on.  Buffers given back in this pass are published
          * before the new recv is submitted. */

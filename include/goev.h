@@ -447,6 +447,10 @@ GOEV_EXTERN int goev_handler_fd_install(goev_handler *h);
  * stopped) is reset (RFC 1122 4.2.2.13), and the kernel drops what it had
  * not transmitted yet.  Where the peer may still be sending, goev_shutdown
  * first and close in on_eof (or after a timeout) to be sure it gets all.
+ * A TLS connection does part of that itself (see "TLS", closing): it
+ * keeps reading while it closes, dropping what comes, and a TLS client
+ * waits up to 2 s for the server's end before closing its fd, so on_close
+ * may come that much later.
  * Returns 0, or -EINVAL if h was never attached.  Poller thread. */
 GOEV_EXTERN int goev_close(goev_handler *h);
 
@@ -517,7 +521,8 @@ GOEV_EXTERN int goev_pause_read(goev_handler *h);
 GOEV_EXTERN int goev_resume_read(goev_handler *h);
 
 /* Half-close: once the output queue is empty, shut the write side down
- * (the peer sees EOF) and refuse further writes; reading goes on.
+ * (the peer sees EOF) and refuse further writes; reading goes on.  On TLS,
+ * close_notify goes first (see "TLS", closing).
  * Returns 0 or -ENOTCONN.  Poller thread. */
 GOEV_EXTERN int goev_shutdown(goev_handler *h);
 
@@ -900,6 +905,26 @@ GOEV_EXTERN int goev_timer_active(const goev_timer *t);
  *   GOEV_ETLSTRUNC     the connection ended in the middle of a record.
  * An EOF after the peer's close_notify, or at a record boundary without
  * one (many clients just close), is EOF as on TCP: on_eof.
+ *
+ * Closing (goev_close, or on_eof returning < 0 or being NULL): the
+ * plaintext still queued is encrypted and sent, then close_notify.  Until
+ * then the connection goes on reading - whatever goev_pause_read or the
+ * watermarks said - and feeds what comes to OpenSSL without delivering
+ * it (no on_read after goev_close): a peer may well still be sending (a
+ * TLS 1.3 server's session tickets come after the handshake, an answer
+ * may be in flight), and a socket closed with bytes unread is reset by
+ * the kernel, which then drops the output it still holds - the peer would
+ * lose the end of what was written.  A server closes its fd once its
+ * close_notify is handed to the kernel.  A client then shuts its write
+ * side (the server sees EOF after the close_notify) and waits, reading
+ * and dropping, for the server's close_notify or EOF, at most 2 s, before
+ * closing its fd; on_close(h, 0) comes after that either way (also when
+ * the reactor stops meanwhile: its output is all out).  A reset, or a
+ * TLS error in what comes meanwhile (a bad record, a truncated one),
+ * overtakes the close: on_close gets that reason.  goev_shutdown sends
+ * close_notify when the queue is out, then shuts the write side; reading
+ * and on_read go on as on TCP (TLS 1.3 peers may answer after it; a TLS
+ * 1.2 peer usually answers with its own close_notify: on_eof).
  * goev_tls_error_string() tells OpenSSL's reason for the last of these on
  * the calling thread (in on_close, say).  OpenSSL's error queue is left
  * empty after every call goev makes.

@@ -279,8 +279,12 @@ void goev__conn_close(struct goev__conn *c, int reason)
         return;
     if (c->flags & GOEV__C_CLOSING)
         return;
-    /* A lingering close keeps its reason unless an error overtakes it. */
-    if (!(c->flags & GOEV__C_CLOSE_WANT) || reason != 0)
+    /* A lingering close keeps its reason unless an error overtakes it;
+     * a TLS client waiting for the server's EOF (all of its own output
+     * out) keeps it also through a reactor's stop. */
+    if ((!(c->flags & GOEV__C_CLOSE_WANT) || reason != 0) &&
+        !(reason == -ECANCELED && (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_TLS)) ==
+                                      (GOEV__C_CLOSE_WANT | GOEV__C_TLS) && goev__tls_lingering(c)))
         c->close_reason = reason;
     c->flags |= GOEV__C_CLOSING;
     c->flags &= ~GOEV__C_CLOSE_WANT;
@@ -315,17 +319,45 @@ void goev__abandon_all(goev_poller *p)
     }
 }
 
-/* Stop reading, send what is queued, then close with reason. */
+static void do_shutdown(struct goev__conn *c);
+
+/* A TLS client whose close_notify is out: half-close and wait for the
+ * server's EOF (goev__tls_linger arms the bound).  True if it waits. */
+static bool tls_linger(struct goev__conn *c)
+{
+    if (!(c->flags & GOEV__C_TLS) || (c->flags & (GOEV__C_EOF | GOEV__C_CLOSING)) ||
+        !goev__tls_linger(c))
+        return false;
+    if (!(c->flags & GOEV__C_SHUT_DONE))
+        do_shutdown(c);
+    return true;
+}
+
+/* Stop reading (a TLS connection drains instead: see GOEV__C_DRAIN), send
+ * what is queued, then close with reason (a TLS client lingers first). */
 void goev__close_gracefully(struct goev__conn *c, int reason)
 {
     if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
         return;
-    bool busy = c->out.bytes || (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && goev__tls_busy(c, true));
-    if (c->kind == GOEV__K_STREAM && busy && (c->flags & GOEV__C_OPEN)) {
+    bool tls = GOEV__UNLIKELY(c->flags & GOEV__C_TLS);
+    bool busy = c->out.bytes || (tls && goev__tls_busy(c, true));
+    if (c->kind == GOEV__K_STREAM && (c->flags & GOEV__C_OPEN) && (busy || (tls && tls_linger(c)))) {
         c->flags |= GOEV__C_CLOSE_WANT;
         c->close_reason = reason;
-        if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF)))
+        if (tls && !(c->flags & GOEV__C_EOF) && goev__tls_drains(c)) {
+            /* Go on reading, whatever held reading off: the application
+             * will not see these bytes, but left unread they would turn
+             * the close into a reset that can lose our output. */
+            bool was_off = c->flags & GOEV__C_NOREAD;
+            c->flags = (c->flags | GOEV__C_DRAIN) & ~GOEV__C_NOREAD;
+            int rc = was_off ? c->p->be->conn_start(c) : 0;
+            if (rc < 0) {
+                goev__conn_close(c, rc);
+                return;
+            }
+        } else if (!(c->flags & (GOEV__C_NOREAD | GOEV__C_EOF))) {
             c->p->be->conn_pause(c);
+        }
         goev__mark_dirty(c);
         return;
     }
@@ -412,7 +444,8 @@ static void deliver_tail(struct goev__conn *c)
 void goev__on_data(struct goev__conn *c, const char *data, size_t len)
 {
     GOEV__STAT_ADD(c->p, bytes_in, len);
-    if (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT))
+    if ((c->flags & GOEV__C_CLOSING) ||
+        (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_DRAIN)) == GOEV__C_CLOSE_WANT)
         return;
     if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS)) {
         goev__tls_input(c, data, len);      /* plaintext comes back in goev__deliver */
@@ -457,8 +490,14 @@ void goev__eof_plain(struct goev__conn *c)
     c->flags |= GOEV__C_EOF;
     if (!(c->flags & GOEV__C_NOREAD))
         c->p->be->conn_pause(c);        /* may fail and close c */
-    if (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_CLOSING))
+    if (c->flags & GOEV__C_CLOSING)
         return;
+    if (c->flags & GOEV__C_CLOSE_WANT) {
+        /* A TLS client waiting for the server's end has it. */
+        if ((c->flags & GOEV__C_TLS) && goev__tls_lingering(c))
+            goev__conn_close(c, c->close_reason);
+        return;
+    }
     goev_handler *h = c->h;
     int rc = h->ops->on_eof ? h->ops->on_eof(h) : 0;
     if ((rc == 0 && h->ops->on_eof) || (c->flags & GOEV__C_CLOSING))
@@ -479,6 +518,8 @@ void goev__on_error(struct goev__conn *c, int err)
  * stops only if nothing else held reading off already. */
 static void reading_off(struct goev__conn *c, uint32_t why)
 {
+    if (c->flags & GOEV__C_DRAIN)
+        return;     /* closing: reads go on, and no one sees them */
     bool reading = !(c->flags & GOEV__C_NOREAD);
     c->flags |= why;
     if (reading && (c->flags & GOEV__C_OPEN) && !(c->flags & (GOEV__C_EOF | GOEV__C_CLOSE_WANT)))
@@ -682,6 +723,8 @@ void goev__on_sent(struct goev__conn *c, size_t n, bool blocked)
         return;
     }
     if (c->flags & GOEV__C_CLOSE_WANT) {
+        if (GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && tls_linger(c))
+            return;     /* the server's EOF, or the bound, closes */
         goev__conn_close(c, c->close_reason);
         return;
     }

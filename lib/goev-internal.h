@@ -190,9 +190,22 @@ enum {
                                      * table (a direct descriptor), not an fd */
     GOEV__C_RESOLVING   = 1u << 18, /* connect by name: resolve.c holds its state */
     GOEV__C_TLS         = 1u << 19, /* a TLS layer (tls.c): c->cx is its struct goev__tls */
+    GOEV__C_DRAIN       = 1u << 20, /* closing gracefully (CLOSE_WANT) but still reading:
+                                     * TLS records are fed to OpenSSL and their plaintext
+                                     * dropped, so no unread byte makes the close a reset */
 };
 /* Reading is off: paused by the application, or throttled by the library. */
 #define GOEV__C_NOREAD (GOEV__C_PAUSED | GOEV__C_THROTTLED)
+
+/* Should the backend go on reading c (re-arm a recv that ended)?  Not after
+ * EOF or once closing; while draining (GOEV__C_DRAIN) yes; otherwise when
+ * reading is not off and no graceful close waits. */
+static inline bool goev__reading_wanted(uint32_t flags)
+{
+    if (flags & (GOEV__C_EOF | GOEV__C_CLOSING))
+        return false;
+    return (flags & GOEV__C_DRAIN) || !(flags & (GOEV__C_NOREAD | GOEV__C_CLOSE_WANT));
+}
 
 /* What only a connecting connection needs: the connect timeout, a timer in
  * the heap with a private handler (ih.user = the connection).  Taken from
@@ -622,6 +635,17 @@ GOEV__HIDDEN size_t goev__tls_pending(const struct goev__conn *c);
 GOEV__HIDDEN bool goev__tls_busy(const struct goev__conn *c, bool closing);
 /* The handshake has finished. */
 GOEV__HIDDEN bool goev__tls_open(const struct goev__conn *c);
+/* c begins a graceful close: true if it should go on reading meanwhile
+ * (handshake done, not failed, the peer's close_notify not in yet), so
+ * that what the peer still sends is taken and dropped (GOEV__C_DRAIN). */
+GOEV__HIDDEN bool goev__tls_drains(const struct goev__conn *c);
+/* c closes gracefully and its close_notify is out: true if it is a client
+ * that should half-close and wait (bounded, a timer tls.c arms now) for
+ * the server's EOF before closing its fd; false: close now.  True again
+ * while it waits. */
+GOEV__HIDDEN bool goev__tls_linger(struct goev__conn *c);
+/* c is waiting as goev__tls_linger said. */
+GOEV__HIDDEN bool goev__tls_lingering(const struct goev__conn *c);
 GOEV__HIDDEN void goev__tls_poller_fini(goev_poller *p);
 /* Take a reference to ctx (acceptors) / drop one. */
 GOEV__HIDDEN goev_tls_ctx *goev__tls_ctx_ref(goev_tls_ctx *ctx);

@@ -92,6 +92,9 @@ void goev__tls_flush(struct goev__conn *c) { (void)c; }
 size_t goev__tls_pending(const struct goev__conn *c) { (void)c; return 0; }
 bool goev__tls_busy(const struct goev__conn *c, bool closing) { (void)c, (void)closing; return false; }
 bool goev__tls_open(const struct goev__conn *c) { (void)c; return false; }
+bool goev__tls_drains(const struct goev__conn *c) { (void)c; return false; }
+bool goev__tls_linger(struct goev__conn *c) { (void)c; return false; }
+bool goev__tls_lingering(const struct goev__conn *c) { (void)c; return false; }
 void goev__tls_poller_fini(goev_poller *p) { (void)p; }
 
 #else /* GOEV_HAVE_OPENSSL */
@@ -102,6 +105,9 @@ void goev__tls_poller_fini(goev_poller *p) { (void)p; }
 
 #define TLS_BUF_SIZE (64u << 10)    /* plaintext scratch per poller */
 #define TLS_DEFAULT_HS_MS 10000
+/* How long a client that closed gracefully waits for the server's EOF
+ * (close_notify, FIN) after its own close_notify, before closing anyway. */
+#define TLS_LINGER_MS 2000
 
 /* A server name and the context whose certificate it gets. */
 struct sni_ent {
@@ -131,6 +137,7 @@ enum {
     T_RENEG       = 1u << 4,    /* the peer started a renegotiation */
     T_IN_FLUSH    = 1u << 5,    /* encrypting at flush: the BIO need not mark dirty */
     T_FAILED      = 1u << 6,
+    T_LINGER      = 1u << 7,    /* client closing: write side shut, waiting for the server's EOF */
 };
 
 struct goev__tls {
@@ -716,8 +723,17 @@ void goev__tls_begin(struct goev__conn *c)
     }
 }
 
+/* Closing gracefully and reading on (GOEV__C_DRAIN): records are still
+ * fed to OpenSSL - a session ticket, a late answer - but their plaintext
+ * goes nowhere. */
+static inline bool draining(const struct goev__conn *c)
+{
+    return (c->flags & (GOEV__C_CLOSING | GOEV__C_CLOSE_WANT | GOEV__C_DRAIN)) ==
+           (GOEV__C_CLOSE_WANT | GOEV__C_DRAIN);
+}
+
 /* Decrypt what OpenSSL can from t->rd and deliver it, up to the scratch
- * buffer's size per on_read. */
+ * buffer's size per on_read; while draining, drop it. */
 static void read_records(struct goev__conn *c)
 {
     struct goev__tls *t = T(c);
@@ -736,6 +752,12 @@ static void read_records(struct goev__conn *c)
             fail(c, GOEV_ETLSRENEG);
             return;
         }
+        if (n > 0 && draining(c)) {
+            have = 0;
+            if (!t->rd_len && !SSL_has_pending(t->ssl))
+                return;
+            continue;
+        }
         if (n > 0) {
             have += (size_t)n;
             /* All taken: no SSL_read that would only say WANT_READ - it
@@ -750,7 +772,10 @@ static void read_records(struct goev__conn *c)
         if (have) {
             goev__deliver(c, buf, have);
             have = 0;
-            if (gone(c))
+            /* on_read may have closed: the rest of this input is still
+             * taken (and dropped) if c drains, or the next read would
+             * find a hole in the record stream. */
+            if (gone(c) && !draining(c))
                 return;
             if (n > 0)
                 continue;
@@ -777,7 +802,9 @@ void goev__tls_input(struct goev__conn *c, const char *data, size_t len)
     t->rd = data;
     t->rd_len = len;
     ERR_clear_error();
-    if (((t->st & T_HS_DONE) || handshake(c)) && (t->rd_len || SSL_has_pending(t->ssl)))
+    /* on_open may have closed already: then the rest is drained. */
+    if (((t->st & T_HS_DONE) || handshake(c) || draining(c)) && !(t->st & T_FAILED) &&
+        (!gone(c) || draining(c)) && (t->rd_len || SSL_has_pending(t->ssl)))
         read_records(c);
     t->rd = NULL;
     t->rd_len = 0;
@@ -827,6 +854,48 @@ size_t goev__tls_pending(const struct goev__conn *c)
 bool goev__tls_open(const struct goev__conn *c)
 {
     return T(c)->st & T_HS_DONE;
+}
+
+bool goev__tls_drains(const struct goev__conn *c)
+{
+    const struct goev__tls *t = T(c);
+    return (t->st & (T_HS_DONE | T_FAILED | T_GOT_NOTIFY)) == T_HS_DONE;
+}
+
+static int linger_timeout(goev_handler *ih, goev_timer *tm)
+{
+    (void)tm;
+    struct goev__conn *c = ih->user;
+    if (c->flags & GOEV__C_CLOSING)
+        return 0;
+    goev__debug("tls: connection %u: no EOF from the server %d ms after close_notify: closing",
+                c->slot, TLS_LINGER_MS);
+    goev__conn_close(c, c->close_reason);
+    return 0;
+}
+static const struct goev_handler_ops linger_ops = { .on_timeout = linger_timeout };
+
+bool goev__tls_linger(struct goev__conn *c)
+{
+    struct goev__tls *t = T(c);
+    if (t->st & T_LINGER)
+        return true;
+    if ((t->st & (T_CLIENT | T_HS_DONE | T_NOTIFY_SENT | T_FAILED | T_GOT_NOTIFY)) !=
+        (T_CLIENT | T_HS_DONE | T_NOTIFY_SENT))
+        return false;
+    /* The handshake's timer is free again: it bounds the wait. */
+    goev_handler_init(&t->cx.ih, &linger_ops);
+    t->cx.ih.user = c;
+    t->cx.ih.poller_ = c->p;
+    if (goev__timer_arm(c->p, &t->cx.ih, &t->cx.timer, TLS_LINGER_MS) < 0)
+        return false;   /* no memory for the bound: close now */
+    t->st |= T_LINGER;
+    return true;
+}
+
+bool goev__tls_lingering(const struct goev__conn *c)
+{
+    return T(c)->st & T_LINGER;
 }
 
 bool goev__tls_busy(const struct goev__conn *c, bool closing)
