@@ -1266,14 +1266,12 @@ TLS_TEST(renegotiation_refused)
     cr_assert_eq(SSL_renegotiate(m.ssl), 1, "the client refuses to renegotiate");
     /* Our ClientHello goes out (whatever SSL_do_handshake says here), and
      * the server ends the connection instead of answering it. */
-    int rc = SSL_do_handshake(m.ssl);
-    (void)rc;
+    SSL_do_handshake(m.ssl);
     cr_assert_eq(mcl_flush(&m), 0);
     int r = 1;
     for (int i = 0; i < 10 && r > 0; i++)
         r = mcl_recv(&m, buf, sizeof buf);
     cr_assert_leq(r, 0, "the connection went on after the renegotiation request");
-    cr_assert_eq(SSL_get_version(m.ssl)[0], 'T');
     mcl_free(&m);
     assert_closed_with(s, 0, GOEV_ETLSRENEG);
     cr_assert_eq(srv_stats(s).tls_failures, 1);
@@ -1415,7 +1413,6 @@ TLS_TEST(async_writes_over_tls)
     mcl_new(&m, s->port, NULL);
     mcl_handshake_ok(&m);
     /* TLS 1.3: the server's on_open comes with our Finished */
-    char buf[16];
     cr_assert(TU_WAIT_FOR(TU_LOAD(&s->async_id) != 0, CLOSE_MS));
     goev_conn_id id = TU_LOAD(&s->async_id);
     size_t chunk = 3000, count = 400, total = chunk * count;
@@ -1434,7 +1431,6 @@ TLS_TEST(async_writes_over_tls)
     cr_assert_eq(n, total);
     cr_assert_eq(tu_stream_check(7, 0, got, total), -1, "async bytes differ");
     free(got);
-    (void)buf;
     assert_closed_with(s, 0, 0);
     srv_stop(s);
 }
@@ -1474,7 +1470,8 @@ TLS_TEST(error_state_clean_after_failure)
     cr_assert_str_eq(s->rec[1].err_at_open, failure);
     cr_assert_str_eq(s->rec[1].err_at_close, failure);
     cr_assert_str_eq(s->rec[3].err_at_open, s->rec[2].err_at_close);
-    cr_assert_neq(s->rec[1].info_rc, -1);
+    cr_assert_eq(s->rec[1].info_rc, 0);
+    cr_assert_eq(s->rec[3].info_rc, 0);
     struct goev_stats gs = srv_stats(s);
     cr_assert_eq(gs.tls_failures, 2);
     cr_assert_eq(gs.tls_handshakes, 2);
