@@ -897,7 +897,9 @@ GOEV_EXTERN int goev_timer_active(const goev_timer *t);
  *                      an alert, or hung up during the handshake;
  *   GOEV_ETLSVERIFY    the peer's certificate did not verify (unknown CA,
  *                      expired, wrong name);
- *   GOEV_ETLSTIMEDOUT  the handshake took longer than handshake_timeout_ms.
+ *   GOEV_ETLSTIMEDOUT  the handshake took longer than handshake_timeout_ms;
+ * or a socket error as on TCP (-ECONNRESET: the peer reset mid-handshake;
+ * not counted in goev_stats.tls_failures, which counts GOEV_ETLS* only).
  * After the handshake a connection closes with:
  *   GOEV_ETLSPROTO     a record that does not decrypt or parse, a fatal
  *                      alert from the peer;
@@ -1031,7 +1033,10 @@ GOEV_EXTERN int goev_tls_peer_subject(const goev_handler *h, char *buf, size_t c
 /* OpenSSL's reason (e.g. "tls_early_post_process_client_hello: unsupported
  * protocol") for the last TLS failure that closed a connection, or made
  * goev_tls_ctx_new fail, on the calling thread; "" if none.  Thread-local
- * storage, overwritten by the next failure. */
+ * storage, overwritten by the next failure and kept until then (a good
+ * connection does not clear it).  Of OpenSSL's queue of errors the first
+ * of its SSL layer is kept ("decryption failed or bad record mac", not the
+ * cipher provider's "cipher operation failed" before it). */
 GOEV_EXTERN const char *goev_tls_error_string(void);
 
 /* ------------------------------------------------------------------------ */

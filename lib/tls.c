@@ -162,11 +162,22 @@ static inline struct goev__tls *T(const struct goev__conn *c)
 
 /* ---- errors -------------------------------------------------------------- */
 
-/* Keep OpenSSL's first reason for the failure in tls_err (prefixed with
- * what), and empty its queue. */
-static void take_errors(const char *what)
+/* Keep OpenSSL's reason for the failure in tls_err (prefixed with what),
+ * empty its queue, and return that error's code.  The reason is the first
+ * error of the SSL library when there is one: the queue can start with a
+ * lower layer's ("cipher operation failed") when the SSL layer's says what
+ * happened ("decryption failed or bad record mac"). */
+static unsigned long take_errors(const char *what)
 {
-    unsigned long e = ERR_peek_error();
+    unsigned long e = 0, first = 0, x;
+    while ((x = ERR_get_error()) != 0) {
+        if (!first)
+            first = x;
+        if (!e && ERR_GET_LIB(x) == ERR_LIB_SSL)
+            e = x;
+    }
+    if (!e)
+        e = first;
     if (e) {
         char buf[200];
         ERR_error_string_n(e, buf, sizeof buf);
@@ -174,7 +185,7 @@ static void take_errors(const char *what)
     } else {
         snprintf(tls_err, sizeof tls_err, "%s", what);
     }
-    ERR_clear_error();
+    return e;
 }
 
 /* ---- the BIO: ciphertext in from the backend's buffer, out into c->out -- */
@@ -658,8 +669,7 @@ static int classify(struct goev__tls *t, int e)
             return GOEV_ETLSVERIFY;
         }
     }
-    int reason = ERR_GET_REASON(ERR_peek_error());
-    take_errors(hs ? "handshake" : e == SSL_ERROR_SYSCALL ? "record layer" : "record");
+    int reason = ERR_GET_REASON(take_errors(hs ? "handshake" : e == SSL_ERROR_SYSCALL ? "record layer" : "record"));
     if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE || reason == SSL_R_CERTIFICATE_VERIFY_FAILED)
         return GOEV_ETLSVERIFY;
     return hs ? GOEV_ETLS : GOEV_ETLSPROTO;

@@ -1240,11 +1240,10 @@ static void corrupt_record(bool tls12)
     assert_closed_with(s, 0, GOEV_ETLSPROTO);
     cr_assert_eq(s->rec[0].opens, 1);
     cr_assert_eq(s->rec[0].bytes_in, 5, "the corrupted record reached on_read");
-    /* TLS 1.2 (AES-GCM): OpenSSL's first error is its provider's "cipher
-     * operation failed", which goev reports; "bad record mac" comes after */
+    /* The SSL layer's reason, not a provider's ("cipher operation failed",
+     * first in OpenSSL's queue on TLS 1.2 AES-GCM) */
     cr_assert(strstr(s->rec[0].err_at_close, "bad record mac") ||
-                  strstr(s->rec[0].err_at_close, "decrypt") ||
-                  strstr(s->rec[0].err_at_close, "cipher operation failed"),
+                  strstr(s->rec[0].err_at_close, "decrypt"),
               "%s", s->rec[0].err_at_close);
     cr_assert_eq(srv_stats(s).tls_failures, 1);
     srv_stop(s);
