@@ -566,7 +566,7 @@ static void *raw_main(void *arg)
         }
         r->got += (size_t)n;
     }
-    r->got_notify = r->read_err == SSL_ERROR_ZERO_RETURN;
+    TU_STORE(&r->got_notify, r->read_err == SSL_ERROR_ZERO_RETURN);   /* read by the test thread while this one holds */
     if (r->mode == RAW_HOLD) {
         TU_WAIT_FOR(TU_LOAD(&r->release), 8000);
     } else if (r->got_notify) {
