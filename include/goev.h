@@ -299,6 +299,7 @@ struct goev_stats {
     uint64_t connect_next;  /* connects by name that went on to the next address */
     uint64_t tls_handshakes; /* TLS handshakes completed (both sides) */
     uint64_t tls_failures;  /* TLS connections closed for a TLS reason (GOEV_ETLS*) */
+    uint64_t tls_resumed;   /* of tls_handshakes, those that resumed a session */
 };
 
 /* Copy poller i's counters into *out (i = -1: the sum over all pollers).
@@ -978,6 +979,14 @@ struct goev_tls_opts {
      * = OpenSSL's defaults. */
     const char *ciphers;
     const char *ciphersuites;
+    /* Client: non-zero keeps no sessions.  By default a client context
+     * keeps the sessions servers give (TLS 1.3 tickets; TLS 1.2 tickets
+     * or session IDs), by the name verified (SNI, else the numeric
+     * address), up to 4 for each of 64 names, and the next connection to
+     * that name offers one: a resumed handshake sends and verifies no
+     * certificate (goev_tls_info.resumed).  Each is offered once; a server
+     * that does not know it makes a full handshake instead. */
+    int no_session_cache;
 };
 
 /* Fill *o with the defaults (all zero: see each field).  Any thread. */
@@ -1015,7 +1024,8 @@ struct goev_tls_info {
                                sent (client side); "" if none */
     int peer_verified;      /* the peer's certificate was verified */
     int has_peer_cert;      /* the peer presented a certificate */
-    int resumed;            /* session resumption (a ticket) */
+    int resumed;            /* the handshake resumed an earlier session
+                               (see goev_tls_opts.no_session_cache) */
     int ktls_tx, ktls_rx;   /* kernel TLS in use for sending, receiving */
 };
 

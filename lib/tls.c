@@ -19,6 +19,7 @@
  * empty. */
 #include "goev-internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static __thread char tls_err[256];
@@ -126,6 +128,9 @@ struct goev_tls_ctx {
     unsigned alpn_len;
     char *ca_file, *ca_dir, *ciphers, *ciphersuites;
     struct sni_ent *sni, **sni_tail;
+    /* Client: sessions to resume, by server name (or IP); NULL = none
+     * kept (goev_tls_opts.no_session_cache). */
+    struct sess_cache *sessions;
 };
 
 /* tls->st */
@@ -446,6 +451,127 @@ static int setup_ssl_ctx(goev_tls_ctx *ctx, SSL_CTX *s, const char *cert, const 
     return 0;
 }
 
+/* ---- client sessions ------------------------------------------------------ */
+
+/* A client context keeps the sessions its servers give (TLS 1.3 tickets,
+ * TLS 1.2 tickets or session IDs) by the name the connection verified -
+ * its SNI name, or the numeric address - and the next connection to that
+ * name offers one: a resumed handshake, no certificate chain to send or
+ * verify, no signature.  A session is offered once (RFC 8446 C.4: a
+ * ticket reused shows two connections are one client); a resumed
+ * connection gets fresh ones.  Bounded: SESS_NAMES names of SESS_PER
+ * sessions; the name used longest ago makes room.  One mutex: the context
+ * is shared by every poller. */
+#define SESS_NAMES 64
+#define SESS_PER 4
+
+struct sess_ent {
+    char name[64];              /* "" = free */
+    uint64_t used;              /* last store or take, by sess_cache.clock */
+    int n;
+    SSL_SESSION *s[SESS_PER];   /* oldest first */
+};
+
+struct sess_cache {
+    pthread_mutex_t mu;
+    uint64_t clock;
+    struct sess_ent e[SESS_NAMES];
+};
+
+static void sess_cache_free(struct sess_cache *sc)
+{
+    if (!sc)
+        return;
+    for (int i = 0; i < SESS_NAMES; i++)
+        for (int k = 0; k < sc->e[i].n; k++)
+            SSL_SESSION_free(sc->e[i].s[k]);
+    pthread_mutex_destroy(&sc->mu);
+    goev__free(sc);
+}
+
+/* The entry of name, or NULL; with make, a free or the stalest one. */
+static struct sess_ent *sess_find(struct sess_cache *sc, const char *name, bool make)
+{
+    struct sess_ent *stale = NULL;
+    for (int i = 0; i < SESS_NAMES; i++) {
+        struct sess_ent *e = &sc->e[i];
+        if (e->name[0] && strcmp(e->name, name) == 0)
+            return e;
+        if (!stale || !e->name[0] || (stale->name[0] && e->used < stale->used))
+            stale = e;
+    }
+    if (!make)
+        return NULL;
+    for (int k = 0; k < stale->n; k++)
+        SSL_SESSION_free(stale->s[k]);
+    stale->n = 0;
+    snprintf(stale->name, sizeof stale->name, "%s", name);
+    return stale;
+}
+
+/* The name a client connection's sessions go by: its SNI name, else the
+ * server's address; false (nothing kept) when it has neither, or one too
+ * long. */
+static bool sess_name(const struct goev__conn *c, SSL *ssl, char *buf, size_t cap)
+{
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (sni)
+        return (size_t)snprintf(buf, cap, "%s", sni) < cap;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)&ss, &len) != 0)
+        return false;
+    const void *a = ss.ss_family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                    : ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                    : NULL;
+    return a && inet_ntop(ss.ss_family, a, buf, (socklen_t)cap);
+}
+
+/* OpenSSL's new-session callback (SSL_SESS_CACHE_CLIENT): keep it. */
+static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct goev__tls *t = SSL_get_ex_data(ssl, ex_index);
+    struct sess_cache *sc = t ? t->ctx->sessions : NULL;
+    char name[64];
+    if (!sc || !SSL_SESSION_is_resumable(sess) || !sess_name(t->c, ssl, name, sizeof name))
+        return 0;
+    pthread_mutex_lock(&sc->mu);
+    struct sess_ent *e = sess_find(sc, name, true);
+    if (e->n == SESS_PER) {
+        SSL_SESSION_free(e->s[0]);
+        memmove(e->s, e->s + 1, sizeof e->s[0] * (SESS_PER - 1));
+        e->n--;
+    }
+    e->s[e->n++] = sess;
+    e->used = ++sc->clock;
+    pthread_mutex_unlock(&sc->mu);
+    return 1;       /* the reference is the cache's */
+}
+
+/* A session for name that has not expired, taken out of the cache (the
+ * caller frees it), or NULL. */
+static SSL_SESSION *sess_take(struct sess_cache *sc, const char *name)
+{
+    SSL_SESSION *got = NULL;
+    time_t now = time(NULL);
+    pthread_mutex_lock(&sc->mu);
+    struct sess_ent *e = sess_find(sc, name, false);
+    while (e && e->n && !got) {
+        SSL_SESSION *s = e->s[--e->n];      /* the newest */
+        if (SSL_SESSION_get_time(s) + SSL_SESSION_get_timeout(s) > now)
+            got = s;
+        else
+            SSL_SESSION_free(s);
+    }
+    if (e) {
+        e->used = ++sc->clock;
+        if (!e->n)
+            e->name[0] = 0;
+    }
+    pthread_mutex_unlock(&sc->mu);
+    return got;
+}
+
 static void ctx_destroy(goev_tls_ctx *ctx)
 {
     while (ctx->sni) {
@@ -455,6 +581,7 @@ static void ctx_destroy(goev_tls_ctx *ctx)
         goev__free(e);
     }
     SSL_CTX_free(ctx->ssl);
+    sess_cache_free(ctx->sessions);
     goev__free(ctx->alpn);
     goev__free(ctx->ca_file);
     goev__free(ctx->ca_dir);
@@ -500,6 +627,15 @@ int goev_tls_ctx_new(goev_tls_ctx **out, int server, const struct goev_tls_opts 
     if (rc == 0) {
         ctx->ssl = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
         rc = ctx->ssl ? setup_ssl_ctx(ctx, ctx->ssl, o->cert_file, o->key_file) : -ENOMEM;
+    }
+    if (rc == 0 && !server && !o->no_session_cache) {
+        if (!(ctx->sessions = goev__calloc(1, sizeof *ctx->sessions))) {
+            rc = -ENOMEM;
+        } else {
+            pthread_mutex_init(&ctx->sessions->mu, NULL);
+            SSL_CTX_set_session_cache_mode(ctx->ssl, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+            SSL_CTX_sess_set_new_cb(ctx->ssl, sess_new_cb);
+        }
     }
     if (rc < 0) {
         if (rc == GOEV_ETLS || rc == -EINVAL)
@@ -594,6 +730,14 @@ int goev__tls_attach(struct goev__conn *c, goev_tls_ctx *ctx, const char *name, 
             ERR_clear_error();
             goev__pool_put(&c->p->pool, t, TLS_BLOCK);
             return -EINVAL;
+        }
+        const char *sn = name ? name : ip;
+        SSL_SESSION *sess = ctx->sessions && sn && strlen(sn) < sizeof ctx->sessions->e[0].name
+                                ? sess_take(ctx->sessions, sn) : NULL;
+        if (sess) {
+            SSL_set_session(t->ssl, sess);      /* takes its own reference */
+            SSL_SESSION_free(sess);
+            ERR_clear_error();
         }
     }
     t->ctx = goev__tls_ctx_ref(ctx);
@@ -706,6 +850,8 @@ static bool handshake(struct goev__conn *c)
     t->st |= T_HS_DONE;
     goev_timer_cancel(&t->cx.timer);
     GOEV__STAT_INC(c->p, tls_handshakes);
+    if (SSL_session_reused(t->ssl))
+        GOEV__STAT_INC(c->p, tls_resumed);
     goev__app_open(c);
     return !gone(c);
 }

@@ -232,6 +232,7 @@ static struct {
     int last_reason;
     char sni[256], alpn[64], subject[256];
     int subject_rc, peer_verified;
+    int resumed;                /* of the last connection opened */
 } srv;
 
 struct sconn {
@@ -247,6 +248,7 @@ static int s_open(goev_handler *h)
         snprintf(srv.sni, sizeof srv.sni, "%s", ti.server_name);
         snprintf(srv.alpn, sizeof srv.alpn, "%.63s", ti.alpn);
         srv.peer_verified = ti.peer_verified;
+        srv.resumed = ti.resumed;
     }
     srv.subject_rc = goev_tls_peer_subject(h, srv.subject, sizeof srv.subject);
     TU_INC(&srv.opened);
@@ -871,6 +873,112 @@ Test(tls_client, alpn_s_server)
     goev_tls_ctx_free(ctx);
     tu_assert_no_failures();
 }
+
+/* ---- session resumption ------------------------------------------------------ */
+
+/* One echo round trip to the goev server at addr with ctx; the client's
+ * goev_tls_info in *info. */
+static void echo_once(const char *addr, goev_tls_ctx *ctx, struct goev_tls_info *info)
+{
+    struct cli *c = cli_new(addr, ctx);
+    c->req = "again";
+    c->req_len = 5;
+    c->want = 5;
+    cli_run(c);
+    cr_assert_eq(c->opened, 1, "%s not opened: %s (%s)", addr, goev_strerror(c->close_reason), c->err_str);
+    cr_assert_str_eq(c->buf, "again");
+    cr_assert_eq(c->close_reason, 0, "on_close: %s", goev_strerror(c->close_reason));
+    *info = c->info;
+    free(c);
+}
+
+Test(tls_client, session_resumed_by_name_and_by_ip)
+{
+    reactor_new();
+    goev_server(server_ctx_with("server.pem", "server.key"), SRV_ECHO);
+    tu_reactor_start(R);
+    goev_tls_ctx *ctx = client_ctx();
+    char byname[64], byip[64];
+    snprintf(byname, sizeof byname, "localhost:%d", srv_port);
+    snprintf(byip, sizeof byip, "127.0.0.1:%d", srv_port);
+    struct goev_tls_info ti;
+    echo_once(byname, ctx, &ti);
+    cr_assert_eq(ti.resumed, 0, "the first connection resumed");
+    cr_assert_eq(srv.resumed, 0);
+    /* The sessions are kept by name: the IP has none yet. */
+    echo_once(byip, ctx, &ti);
+    cr_assert_eq(ti.resumed, 0, "a session for localhost was offered to 127.0.0.1");
+    for (int i = 0; i < 3; i++) {       /* once each: a resumed one brings new ones */
+        echo_once(byname, ctx, &ti);
+        cr_assert_eq(ti.resumed, 1, "connection %d by name not resumed", i + 2);
+        cr_assert_eq(TU_LOAD(&srv.resumed), 1, "the server did not resume");
+        cr_assert(ti.peer_verified && ti.has_peer_cert, "a resumed session lost its verified certificate");
+        cr_assert_str_eq(ti.server_name, "localhost");
+    }
+    echo_once(byip, ctx, &ti);
+    cr_assert_eq(ti.resumed, 1, "the second connection by IP not resumed");
+    cr_assert(ti.peer_verified);
+    struct goev_stats st;
+    cr_assert_eq(goev_stats_get(R, 0, &st), 0);
+    cr_assert_eq(st.tls_failures, 0);
+    /* 6 connections, a handshake each side; 4 resumed, on each side */
+    cr_assert_eq(st.tls_handshakes, 12, "%llu handshakes", (unsigned long long)st.tls_handshakes);
+    cr_assert_eq(st.tls_resumed, 8, "%llu resumed", (unsigned long long)st.tls_resumed);
+    reactor_end();
+    goev_tls_ctx_free(ctx);
+    tu_assert_no_failures();
+}
+
+Test(tls_client, no_session_cache_never_resumes)
+{
+    reactor_new();
+    goev_server(server_ctx_with("server.pem", "server.key"), SRV_ECHO);
+    tu_reactor_start(R);
+    struct goev_tls_opts o;
+    goev_tls_opts_init(&o);
+    o.ca_file = cert("ca.pem");
+    o.no_session_cache = 1;
+    goev_tls_ctx *ctx = ctx_new(0, &o);
+    char a[64];
+    snprintf(a, sizeof a, "localhost:%d", srv_port);
+    struct goev_tls_info ti;
+    for (int i = 0; i < 3; i++) {
+        echo_once(a, ctx, &ti);
+        cr_assert_eq(ti.resumed, 0, "connection %d resumed without a cache", i + 1);
+    }
+    reactor_end();
+    goev_tls_ctx_free(ctx);
+    tu_assert_no_failures();
+}
+
+/* openssl s_server -www says "Reused" or "New" in its page. */
+static void s_server_resumes(const char *version)
+{
+    int port = s_server((const char *[]){version, NULL});
+    reactor_new();
+    tu_reactor_start(R);
+    goev_tls_ctx *ctx = client_ctx();
+    char a[64];
+    snprintf(a, sizeof a, "localhost:%d", port);
+    for (int i = 0; i < 2; i++) {
+        struct cli *c = cli_new(a, ctx);
+        c->req = http_get;
+        c->req_len = sizeof http_get - 1;
+        cli_run(c);
+        cr_assert_eq(c->opened, 1, "not opened: %s (%s)", goev_strerror(c->close_reason), c->err_str);
+        cr_assert(strstr(c->buf, "HTTP/1.0 200 ok") != NULL, "%s", c->buf);
+        const char *want = i ? "Reused, " : "New, ";
+        cr_assert(strstr(c->buf, want) != NULL, "connection %d: no '%s' in s_server's page", i + 1, want);
+        cr_assert_eq(c->info.resumed, i);
+        free(c);
+    }
+    reactor_end();
+    goev_tls_ctx_free(ctx);
+    tu_assert_no_failures();
+}
+
+Test(tls_client, session_resumed_s_server_tls13) { s_server_resumes("-tls1_3"); }
+Test(tls_client, session_resumed_s_server_tls12) { s_server_resumes("-tls1_2"); }
 
 Test(tls_client, alpn_goev_server_preference)
 {
