@@ -982,7 +982,8 @@ struct goev_tls_opts {
     /* Client: non-zero keeps no sessions.  By default a client context
      * keeps the sessions servers give (TLS 1.3 tickets; TLS 1.2 tickets
      * or session IDs), by the name verified (SNI, else the numeric
-     * address), up to 4 for each of 64 names, and the next connection to
+     * address; names of 64 bytes or more keep none), up to 4 for each of
+     * 64 names, and the next connection to
      * that name offers one: a resumed handshake sends and verifies no
      * certificate (goev_tls_info.resumed).  Each is offered once; a server
      * that does not know it makes a full handshake instead. */

@@ -273,6 +273,12 @@ static void connecting_end(struct goev__conn *c)
     }
 }
 
+/* A TLS client closing gracefully, waiting for the server's EOF. */
+static inline bool tls_lingering(const struct goev__conn *c)
+{
+    return GOEV__UNLIKELY(c->flags & GOEV__C_TLS) && goev__tls_lingering(c);
+}
+
 void goev__conn_close(struct goev__conn *c, int reason)
 {
     if (GOEV__UNLIKELY(c->flags & GOEV__C_RESOLVING) && goev__resolve_close(c, reason))
@@ -282,9 +288,9 @@ void goev__conn_close(struct goev__conn *c, int reason)
     /* A lingering close keeps its reason unless an error overtakes it;
      * a TLS client waiting for the server's EOF (all of its own output
      * out) keeps it also through a reactor's stop. */
-    if ((!(c->flags & GOEV__C_CLOSE_WANT) || reason != 0) &&
-        !(reason == -ECANCELED && (c->flags & (GOEV__C_CLOSE_WANT | GOEV__C_TLS)) ==
-                                      (GOEV__C_CLOSE_WANT | GOEV__C_TLS) && goev__tls_lingering(c)))
+    bool keep = (c->flags & GOEV__C_CLOSE_WANT) &&
+                (reason == 0 || (reason == -ECANCELED && tls_lingering(c)));
+    if (!keep)
         c->close_reason = reason;
     c->flags |= GOEV__C_CLOSING;
     c->flags &= ~GOEV__C_CLOSE_WANT;
@@ -494,7 +500,7 @@ void goev__eof_plain(struct goev__conn *c)
         return;
     if (c->flags & GOEV__C_CLOSE_WANT) {
         /* A TLS client waiting for the server's end has it. */
-        if ((c->flags & GOEV__C_TLS) && goev__tls_lingering(c))
+        if (tls_lingering(c))
             goev__conn_close(c, c->close_reason);
         return;
     }

@@ -19,7 +19,6 @@
  * empty. */
 #include "goev-internal.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -110,6 +109,8 @@ void goev__tls_poller_fini(goev_poller *p) { (void)p; }
 /* How long a client that closed gracefully waits for the server's EOF
  * (close_notify, FIN) after its own close_notify, before closing anyway. */
 #define TLS_LINGER_MS 2000
+/* Client sessions are kept by names shorter than this (see sess_cache). */
+#define SESS_NAME_MAX 64
 
 /* A server name and the context whose certificate it gets. */
 struct sni_ent {
@@ -155,6 +156,7 @@ struct goev__tls {
     size_t rd_len;
     uint32_t st;
     int err;                        /* -ENOMEM from the BIO */
+    char sess_name[SESS_NAME_MAX];  /* client: its sessions' name in ctx->sessions; "" = none kept */
 };
 #define TLS_BLOCK 256               /* its pool block */
 _Static_assert(sizeof(struct goev__tls) <= TLS_BLOCK, "TLS state fits its block");
@@ -466,7 +468,7 @@ static int setup_ssl_ctx(goev_tls_ctx *ctx, SSL_CTX *s, const char *cert, const 
 #define SESS_PER 4
 
 struct sess_ent {
-    char name[64];              /* "" = free */
+    char name[SESS_NAME_MAX];   /* "" = free */
     uint64_t used;              /* last store or take, by sess_cache.clock */
     int n;
     SSL_SESSION *s[SESS_PER];   /* oldest first */
@@ -509,34 +511,15 @@ static struct sess_ent *sess_find(struct sess_cache *sc, const char *name, bool 
     return stale;
 }
 
-/* The name a client connection's sessions go by: its SNI name, else the
- * server's address; false (nothing kept) when it has neither, or one too
- * long. */
-static bool sess_name(const struct goev__conn *c, SSL *ssl, char *buf, size_t cap)
-{
-    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (sni)
-        return (size_t)snprintf(buf, cap, "%s", sni) < cap;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)&ss, &len) != 0)
-        return false;
-    const void *a = ss.ss_family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
-                    : ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
-                    : NULL;
-    return a && inet_ntop(ss.ss_family, a, buf, (socklen_t)cap);
-}
-
 /* OpenSSL's new-session callback (SSL_SESS_CACHE_CLIENT): keep it. */
 static int sess_new_cb(SSL *ssl, SSL_SESSION *sess)
 {
     struct goev__tls *t = SSL_get_ex_data(ssl, ex_index);
     struct sess_cache *sc = t ? t->ctx->sessions : NULL;
-    char name[64];
-    if (!sc || !SSL_SESSION_is_resumable(sess) || !sess_name(t->c, ssl, name, sizeof name))
+    if (!sc || !t->sess_name[0] || !SSL_SESSION_is_resumable(sess))
         return 0;
     pthread_mutex_lock(&sc->mu);
-    struct sess_ent *e = sess_find(sc, name, true);
+    struct sess_ent *e = sess_find(sc, t->sess_name, true);
     if (e->n == SESS_PER) {
         SSL_SESSION_free(e->s[0]);
         memmove(e->s, e->s + 1, sizeof e->s[0] * (SESS_PER - 1));
@@ -731,9 +714,13 @@ int goev__tls_attach(struct goev__conn *c, goev_tls_ctx *ctx, const char *name, 
             goev__pool_put(&c->p->pool, t, TLS_BLOCK);
             return -EINVAL;
         }
+        /* Sessions go by the name verified: SNI, else the address. */
         const char *sn = name ? name : ip;
-        SSL_SESSION *sess = ctx->sessions && sn && strlen(sn) < sizeof ctx->sessions->e[0].name
-                                ? sess_take(ctx->sessions, sn) : NULL;
+        SSL_SESSION *sess = NULL;
+        if (ctx->sessions && sn && strlen(sn) < sizeof t->sess_name) {
+            strcpy(t->sess_name, sn);
+            sess = sess_take(ctx->sessions, sn);
+        }
         if (sess) {
             SSL_set_session(t->ssl, sess);      /* takes its own reference */
             SSL_SESSION_free(sess);
