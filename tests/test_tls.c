@@ -13,16 +13,12 @@
  * the poller thread was ever non-empty in a callback (it must not be: goev
  * leaves it empty after every call).
  *
- * Certificates: tests/tls_certs.sh makes them once per run of the binary,
- * in Criterion's runner process (a PRE_ALL report hook, before any test
- * process exists), into a temporary directory named by GOEV_TEST_TLS_CERTS
- * for the test processes; the POST_ALL hook removes it.  A test process
- * that finds no such directory makes one itself, keyed by its parent's pid
- * and published with an atomic rename, so that parallel tests never race.
+ * Certificates: tu_tls_cert (tests/tls_testutil.c).
  *
  * A missing client program fails the test when CI is set and skips it
  * otherwise (tu_require_tool) - on both backends alike. */
 #include "testutil.h"
+#include "tls_testutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -45,91 +40,9 @@
 #define CLIENT_MS 15000         /* a client program that takes longer has hung */
 #define CLOSE_MS 5000           /* how long a close may take to be seen */
 
-/* ---- certificates ---------------------------------------------------------- */
-
-#define CERTS_ENV "GOEV_TEST_TLS_CERTS"
-static char runner_certs[256];  /* the runner process's directory */
-
-static int make_certs(const char *dir)
-{
-    const char *argv[] = { "sh", TOP_SRCDIR "/tests/tls_certs.sh", dir, NULL };
-    struct tu_output o;
-    int st = tu_run(argv, NULL, 60000, &o);
-    if (st != 0)
-        fprintf(stderr, "tls_certs.sh %s: exit %d\n%s%s", dir, st, o.out, o.err);
-    tu_output_free(&o);
-    return st;
-}
-
-static bool certs_ready(const char *dir)
-{
-    char p[300];
-    snprintf(p, sizeof p, "%s/rogue.pem", dir);
-    struct stat sb;
-    return stat(p, &sb) == 0 && sb.st_size > 0;
-}
-
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-    (void)set;
-    if (getenv(CERTS_ENV))
-        return;
-    snprintf(runner_certs, sizeof runner_certs, "/tmp/goev-tls-certs-XXXXXX");
-    if (!mkdtemp(runner_certs) || make_certs(runner_certs) != 0) {
-        runner_certs[0] = 0;
-        return;                 /* the tests make their own */
-    }
-    setenv(CERTS_ENV, runner_certs, 1);
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *st)
-{
-    (void)st;
-    if (runner_certs[0]) {
-        const char *argv[] = { "rm", "-rf", runner_certs, NULL };
-        tu_run(argv, NULL, 10000, NULL);
-    }
-}
-
-static char certs[256];         /* this test process's directory */
-
-static void find_certs(void)
-{
-    const char *e = getenv(CERTS_ENV);
-    if (e && certs_ready(e)) {
-        snprintf(certs, sizeof certs, "%s", e);
-        return;
-    }
-    /* No hook ran (a debugger's single test, say): one directory per
-     * runner, made by the first test process to get here. */
-    snprintf(certs, sizeof certs, "/tmp/goev-tls-certs-run%d", (int)getppid());
-    if (certs_ready(certs))
-        return;
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, "/tmp/goev-tls-certs-new-XXXXXX");
-    cr_assert(mkdtemp(tmp), "mkdtemp: %s", strerror(errno));
-    cr_assert_eq(make_certs(tmp), 0, "tests/tls_certs.sh failed");
-    if (rename(tmp, certs) < 0) {       /* another test process was first */
-        const char *argv[] = { "rm", "-rf", tmp, NULL };
-        tu_run(argv, NULL, 10000, NULL);
-    }
-    cr_assert(certs_ready(certs), "no certificates in %s", certs);
-}
-
-/* certs/name, in one of a ring of static buffers. */
-static const char *P(const char *name)
-{
-    static char ring[16][512];
-    static int next;
-    char *b = ring[next++ % 16];
-    snprintf(b, sizeof ring[0], "%s/%s", certs, name);
-    return b;
-}
-
 static void init_test(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    find_certs();
 }
 
 #define TLS_TEST(name, ...) Test(tls, name, .init = init_test, .timeout = TU_TIMEOUT, ##__VA_ARGS__)
@@ -398,8 +311,8 @@ static goev_handler *s_new(goev_poller *p, void *arg)
 static void srv_opts(struct goev_tls_opts *o)
 {
     goev_tls_opts_init(o);
-    o->cert_file = P("server.pem");
-    o->key_file = P("server.key");
+    o->cert_file = tu_tls_cert("server.pem");
+    o->key_file = tu_tls_cert("server.key");
     o->alpn = "http/1.1";
     o->handshake_timeout_ms = 3000;
 }
@@ -515,7 +428,7 @@ static void python(struct srv *s, const char *cmd, const char *arg1, const char 
     tu_require_tool("python3");
     char port[16];
     snprintf(port, sizeof port, "%d", s->port);
-    const char *argv[] = { "python3", TOP_SRCDIR "/tests/tls_client.py", cmd, port, certs, arg1, arg2, NULL };
+    const char *argv[] = { "python3", TOP_SRCDIR "/tests/tls_client.py", cmd, port, tu_tls_certs_dir(), arg1, arg2, NULL };
     run_ok(argv, NULL, o);
 }
 
@@ -525,7 +438,7 @@ static int s_client(struct srv *s, const char *const extra[], const char *input,
     tu_require_tool("openssl");
     char addr[32];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", s->port);
-    const char *argv[32] = { "openssl", "s_client", "-connect", addr, "-CAfile", P("ca.pem"),
+    const char *argv[32] = { "openssl", "s_client", "-connect", addr, "-CAfile", tu_tls_cert("ca.pem"),
                              "-verify_return_error", "-brief", "-ign_eof" };
     int n = 9;
     for (int i = 0; extra && extra[i]; i++)
@@ -563,7 +476,7 @@ static void mcl_new(struct mcl *m, int port, const struct mcl_opts *o)
     }
     m->ctx = SSL_CTX_new(TLS_client_method());
     cr_assert(m->ctx);
-    cr_assert_eq(SSL_CTX_load_verify_locations(m->ctx, P("ca.pem"), NULL), 1);
+    cr_assert_eq(SSL_CTX_load_verify_locations(m->ctx, tu_tls_cert("ca.pem"), NULL), 1);
     SSL_CTX_set_verify(m->ctx, SSL_VERIFY_PEER, NULL);
     if (o && o->max_tls12)
         SSL_CTX_set_max_proto_version(m->ctx, TLS1_2_VERSION);
@@ -571,8 +484,8 @@ static void mcl_new(struct mcl *m, int port, const struct mcl_opts *o)
         char c[64], k[64];
         snprintf(c, sizeof c, "%s.pem", o->cert);
         snprintf(k, sizeof k, "%s.key", o->cert);
-        cr_assert_eq(SSL_CTX_use_certificate_chain_file(m->ctx, P(c)), 1);
-        cr_assert_eq(SSL_CTX_use_PrivateKey_file(m->ctx, P(k), SSL_FILETYPE_PEM), 1);
+        cr_assert_eq(SSL_CTX_use_certificate_chain_file(m->ctx, tu_tls_cert(c)), 1);
+        cr_assert_eq(SSL_CTX_use_PrivateKey_file(m->ctx, tu_tls_cert(k), SSL_FILETYPE_PEM), 1);
     }
     m->ssl = SSL_new(m->ctx);
     cr_assert(m->ssl);
@@ -830,7 +743,7 @@ static int curl(struct srv *s, bool with_ca, struct tu_output *o)
     snprintf(url, sizeof url, "https://localhost:%d/", s->port);
     snprintf(res, sizeof res, "localhost:%d:127.0.0.1", s->port);
     const char *argv[] = { "curl", "-sS", "--max-time", "10", "--resolve", res, "--cacert",
-                           with_ca ? P("ca.pem") : "/dev/null", url, NULL };
+                           with_ca ? tu_tls_cert("ca.pem") : "/dev/null", url, NULL };
     if (!with_ca) {
         argv[6] = url;      /* no --cacert: the system's store, which lacks the test CA */
         argv[7] = NULL;
@@ -929,8 +842,8 @@ static struct srv *sni_srv(void)
     struct goev_tls_opts o;
     srv_opts(&o);
     goev_tls_ctx *ctx = srv_ctx(&o);
-    cr_assert_eq(goev_tls_ctx_add_sni(ctx, "other.test", P("other.pem"), P("other.key")), 0);
-    cr_assert_eq(goev_tls_ctx_add_sni(ctx, "*.wild.test", P("other.pem"), P("other.key")), 0);
+    cr_assert_eq(goev_tls_ctx_add_sni(ctx, "other.test", tu_tls_cert("other.pem"), tu_tls_cert("other.key")), 0);
+    cr_assert_eq(goev_tls_ctx_add_sni(ctx, "*.wild.test", tu_tls_cert("other.pem"), tu_tls_cert("other.key")), 0);
     return srv_start_ctx(M_HTTP, ctx, 1);
 }
 
@@ -986,7 +899,7 @@ static struct srv *verify_srv(void)
     struct goev_tls_opts o;
     srv_opts(&o);
     o.verify_client = 1;
-    o.ca_file = P("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     return srv_start(M_HTTP, &o);
 }
 
@@ -999,7 +912,7 @@ TLS_TEST(client_cert_subject)
     cr_assert_str_eq(o.out, "CN=goev-client,O=goev tests\n");
     tu_output_free(&o);
     /* s_client with the certificate too */
-    const char *extra[] = { "-cert", P("client.pem"), "-key", P("client.key"), NULL };
+    const char *extra[] = { "-cert", tu_tls_cert("client.pem"), "-key", tu_tls_cert("client.key"), NULL };
     int st = s_client(s, extra, "GET /whoami HTTP/1.1\r\nConnection: close\r\n\r\n", &o);
     cr_assert_eq(st, 0, "%s", o.err);
     cr_assert(strstr(o.out, "CN=goev-client,O=goev tests\n"), "%s", o.out);

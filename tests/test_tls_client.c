@@ -6,13 +6,10 @@
  *   - small blocking OpenSSL peers on threads of the test (for what only
  *     a hand-driven peer can do: stay silent, send garbage, read late, not
  *     close).
- * Certificates come from tests/tls_certs.sh, made once per run of the
- * binary by a Criterion PRE_ALL hook in the runner process (before any
- * test is forked, so parallel workers never race to make them) in a
- * directory named to the workers by the environment. */
+ * Certificates: tu_tls_cert (tests/tls_testutil.c). */
 #include "testutil.h"
+#include "tls_testutil.h"
 
-#include <criterion/hooks.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -34,49 +31,6 @@
 #ifndef TOP_SRCDIR
 #define TOP_SRCDIR "."
 #endif
-
-#define CERTS_ENV "GOEV_TEST_TLS_CLIENT_CERTS"
-
-/* ---- certificates: once per binary ---------------------------------------- */
-
-static char certs_made[128];
-
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-    (void)set;
-    char tmpl[] = "/tmp/goev-tlscli-XXXXXX";
-    if (!mkdtemp(tmpl))
-        return;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s/tests/tls_certs.sh' '%s' >/dev/null 2>&1", TOP_SRCDIR, tmpl);
-    int rc = system(cmd);
-    snprintf(certs_made, sizeof certs_made, "%s", tmpl);
-    if (rc == 0)
-        setenv(CERTS_ENV, tmpl, 1);
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *st)
-{
-    (void)st;
-    if (!certs_made[0])
-        return;
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", certs_made);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", certs_made);
-}
-
-/* Path of certificate file name ("ca.pem"): a few static buffers in turn. */
-static const char *cert(const char *name)
-{
-    static char bufs[8][256];
-    static int next;
-    const char *d = getenv(CERTS_ENV);
-    cr_assert(d, "test certificates not made (tests/tls_certs.sh needs the openssl command)");
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", d, name);
-    return b;
-}
 
 /* ---- child processes (openssl s_server, python3) --------------------------- */
 
@@ -158,9 +112,9 @@ static int s_server(const char *const extra[])
             has_cert = true;
     if (!has_cert) {
         argv[n++] = "-cert";
-        argv[n++] = cert("server.pem");
+        argv[n++] = tu_tls_cert("server.pem");
         argv[n++] = "-key";
-        argv[n++] = cert("server.key");
+        argv[n++] = tu_tls_cert("server.key");
     }
     for (int i = 0; extra[i]; i++)
         argv[n++] = extra[i];
@@ -216,7 +170,7 @@ static goev_tls_ctx *client_ctx(void)
 {
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     return ctx_new(0, &o);
 }
 
@@ -311,8 +265,8 @@ static goev_tls_ctx *server_ctx_with(const char *pem, const char *key)
 {
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.cert_file = cert(pem);
-    o.key_file = cert(key);
+    o.cert_file = tu_tls_cert(pem);
+    o.key_file = tu_tls_cert(key);
     return ctx_new(1, &o);
 }
 
@@ -490,8 +444,8 @@ static SSL_CTX *ossl_server_ctx(void)
 {
     SSL_CTX *s = SSL_CTX_new(TLS_server_method());
     cr_assert(s);
-    cr_assert(SSL_CTX_use_certificate_chain_file(s, cert("server.pem")) == 1);
-    cr_assert(SSL_CTX_use_PrivateKey_file(s, cert("server.key"), SSL_FILETYPE_PEM) == 1);
+    cr_assert(SSL_CTX_use_certificate_chain_file(s, tu_tls_cert("server.pem")) == 1);
+    cr_assert(SSL_CTX_use_PrivateKey_file(s, tu_tls_cert("server.key"), SSL_FILETYPE_PEM) == 1);
     return s;
 }
 
@@ -759,7 +713,7 @@ Test(tls_client, no_verify_accepts_rogue)
     tu_reactor_start(R);
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     o.no_verify = 1;
     goev_tls_ctx *ctx = ctx_new(0, &o);
     struct cli *c = cli_to_port(srv_port, ctx);
@@ -787,8 +741,8 @@ Test(tls_client, sni_goev_server_serves_other_cert)
 {
     reactor_new();
     goev_tls_ctx *sctx = server_ctx_with("server.pem", "server.key");
-    cr_assert_eq(goev_tls_ctx_add_sni(sctx, "other.test", cert("other.pem"), cert("other.key")), 0);
-    cr_assert_eq(goev_tls_ctx_add_sni(sctx, "*.wild.test", cert("other.pem"), cert("other.key")), 0);
+    cr_assert_eq(goev_tls_ctx_add_sni(sctx, "other.test", tu_tls_cert("other.pem"), tu_tls_cert("other.key")), 0);
+    cr_assert_eq(goev_tls_ctx_add_sni(sctx, "*.wild.test", tu_tls_cert("other.pem"), tu_tls_cert("other.key")), 0);
     goev_server(sctx, SRV_ECHO);
     tu_reactor_start(R);
     goev_tls_ctx *ctx = client_ctx();
@@ -823,7 +777,7 @@ static const char http_get[] = "GET / HTTP/1.0\r\n\r\n";
 
 Test(tls_client, sni_s_server_servername)
 {
-    int port = s_server((const char *[]){"-cert2", cert("other.pem"), "-key2", cert("other.key"),
+    int port = s_server((const char *[]){"-cert2", tu_tls_cert("other.pem"), "-key2", tu_tls_cert("other.key"),
                                          "-servername", "other.test", NULL});
     reactor_new();
     tu_reactor_start(R);
@@ -858,7 +812,7 @@ Test(tls_client, alpn_s_server)
     tu_reactor_start(R);
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     o.alpn = "h2,http/1.1";
     goev_tls_ctx *ctx = ctx_new(0, &o);
     struct cli *c = cli_to_port(port, ctx);
@@ -936,7 +890,7 @@ Test(tls_client, no_session_cache_never_resumes)
     tu_reactor_start(R);
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     o.no_session_cache = 1;
     goev_tls_ctx *ctx = ctx_new(0, &o);
     char a[64];
@@ -985,14 +939,14 @@ Test(tls_client, alpn_goev_server_preference)
     reactor_new();
     struct goev_tls_opts so;
     goev_tls_opts_init(&so);
-    so.cert_file = cert("server.pem");
-    so.key_file = cert("server.key");
+    so.cert_file = tu_tls_cert("server.pem");
+    so.key_file = tu_tls_cert("server.key");
     so.alpn = "h2,http/1.1";
     goev_server(ctx_new(1, &so), SRV_ECHO);
     tu_reactor_start(R);
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     o.alpn = "http/1.1,h2";
     goev_tls_ctx *ctx = ctx_new(0, &o);
     o.alpn = "spdy/1";
@@ -1026,15 +980,15 @@ static goev_tls_ctx *client_ctx_with_cert(void)
 {
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
-    o.cert_file = cert("client.pem");
-    o.key_file = cert("client.key");
+    o.ca_file = tu_tls_cert("ca.pem");
+    o.cert_file = tu_tls_cert("client.pem");
+    o.key_file = tu_tls_cert("client.key");
     return ctx_new(0, &o);
 }
 
 Test(tls_client, client_cert_s_server_verify)
 {
-    int port = s_server((const char *[]){"-Verify", "1", "-CAfile", cert("ca.pem"), NULL});
+    int port = s_server((const char *[]){"-Verify", "1", "-CAfile", tu_tls_cert("ca.pem"), NULL});
     reactor_new();
     tu_reactor_start(R);
     goev_tls_ctx *ctx = client_ctx_with_cert();
@@ -1056,9 +1010,9 @@ Test(tls_client, client_cert_goev_server_sees_subject)
     reactor_new();
     struct goev_tls_opts so;
     goev_tls_opts_init(&so);
-    so.cert_file = cert("server.pem");
-    so.key_file = cert("server.key");
-    so.ca_file = cert("ca.pem");
+    so.cert_file = tu_tls_cert("server.pem");
+    so.key_file = tu_tls_cert("server.key");
+    so.ca_file = tu_tls_cert("ca.pem");
     so.verify_client = 1;
     goev_server(ctx_new(1, &so), SRV_ECHO);
     tu_reactor_start(R);
@@ -1110,7 +1064,7 @@ Test(tls_client, handshake_timeout_silent_server)
     tu_reactor_start(R);
     struct goev_tls_opts o;
     goev_tls_opts_init(&o);
-    o.ca_file = cert("ca.pem");
+    o.ca_file = tu_tls_cert("ca.pem");
     o.handshake_timeout_ms = 150;
     goev_tls_ctx *ctx = ctx_new(0, &o);
     struct cli *c = cli_to_port(port, ctx);
@@ -1621,8 +1575,8 @@ static const char py_server[] =
 Test(tls_client, python_tls12_server_unwrap)
 {
     tu_require_tool("python3");
-    int port = spawn_server((const char *[]){"python3", "-c", py_server, cert("server.pem"),
-                                             cert("server.key"), NULL},
+    int port = spawn_server((const char *[]){"python3", "-c", py_server, tu_tls_cert("server.pem"),
+                                             tu_tls_cert("server.key"), NULL},
                             "PORT");
     reactor_new();
     tu_reactor_start(R);
