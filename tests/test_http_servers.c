@@ -12,6 +12,9 @@
  * A missing client program fails the test when CI is set and skips it
  * otherwise (tu_require_tool). */
 #include "testutil.h"
+#ifdef GOEV_TEST_TLS
+#include "tls_testutil.h"
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -384,6 +387,85 @@ static void wrk_load(const struct server_cmd *cmd)
     tu_server_stop_ok(&s);
 }
 SERVER_TEST(wrk_load)
+
+#ifdef GOEV_TEST_TLS
+/* ---- HTTPS: the same servers with --tls-cert/--tls-key ------------------------ */
+
+/* cmd's argv and the test certificate's flags, in argv (cap 20). */
+static void tls_argv(const struct server_cmd *cmd, const char *argv[20])
+{
+    int n = 0;
+    while (cmd->argv[n]) {
+        argv[n] = cmd->argv[n];
+        n++;
+    }
+    argv[n++] = "--tls-cert";
+    argv[n++] = tu_tls_cert("server.pem");
+    argv[n++] = "--tls-key";
+    argv[n++] = tu_tls_cert("server.key");
+    argv[n] = NULL;
+}
+
+/* curl --cacert: /plaintext and /json over one HTTPS connection, exact
+ * answers; without the CA curl refuses the certificate (exit 60). */
+static void https_curl(const struct server_cmd *cmd)
+{
+    tu_require_tool("curl");
+    const char *argv[20];
+    tls_argv(cmd, argv);
+    struct tu_server s;
+    tu_server_start(&s, argv);
+    cr_assert(strstr(s.log, "tls=on"), "the server does not say tls=on:\n%s", s.log);
+    char u1[80], u2[80];
+    snprintf(u1, sizeof u1, "https://localhost:%d/plaintext", s.port);
+    snprintf(u2, sizeof u2, "https://localhost:%d/json", s.port);
+    const char *ca = tu_tls_cert("ca.pem");
+    struct tu_output o;
+    run_ok((const char *[]){ "curl", "-sS", "-i", "--cacert", ca, u1, u2, "-w",
+                             "connects=%{num_connects}\r\n\r\n", NULL }, &o);
+    const char *p = o.out, *end = o.out + o.out_len;
+    struct answer a;
+    cr_assert(parse_answer(&p, end, 1, &a) == 0, "not an answer:\n%s", o.out);
+    assert_answer(&a, 200, "OK", "text/plain", plain, sizeof plain - 1, "");
+    cr_assert(strncmp(p, "connects=1\r\n\r\n", 14) == 0, "curl -w says:\n%s", p);
+    p += 14;
+    cr_assert(parse_answer(&p, end, 1, &a) == 0, "not a second answer:\n%s", o.out);
+    assert_answer(&a, 200, "OK", "application/json", json, sizeof json - 1, "");
+    cr_assert_str_eq(p, "connects=0\r\n\r\n", "the second request was not on the same connection:\n%s", o.out);
+    tu_output_free(&o);
+
+    int st = tu_run((const char *[]){ "curl", "-sS", "-o", "/dev/null", u1, NULL }, NULL, CLIENT_MS, &o);
+    cr_assert_eq(st, 60, "curl without the CA: exit %d\n%s", st, o.err);
+    tu_output_free(&o);
+    tu_server_stop_ok(&s);
+}
+SERVER_TEST(https_curl)
+
+/* wrk over HTTPS, pipelined: requests made, no socket error, only 2xx. */
+static void https_wrk(const struct server_cmd *cmd)
+{
+    tu_require_tool("wrk");
+    const char *argv[20];
+    tls_argv(cmd, argv);
+    struct tu_server s;
+    tu_server_start(&s, argv);
+    char u[80];
+    snprintf(u, sizeof u, "https://127.0.0.1:%d/plaintext", s.port);
+    struct tu_output o;
+    run_ok((const char *[]){ "wrk", "-t", "1", "-c", "8", "-d", "1s", "-s",
+                             TOP_SRCDIR "/bench/pipeline.lua", u, "--", "4", NULL }, &o);
+    const char *r = strstr(o.out, " requests in ");
+    cr_assert(r, "no request count in wrk's output:\n%s", o.out);
+    while (r > o.out && r[-1] >= '0' && r[-1] <= '9')
+        r--;
+    cr_assert(atol(r) > 0, "wrk made no request:\n%s", o.out);
+    cr_assert(!strstr(o.out, "Socket errors"), "wrk saw socket errors:\n%s", o.out);
+    cr_assert(!strstr(o.out, "Non-2xx"), "wrk saw answers other than 2xx:\n%s", o.out);
+    tu_output_free(&o);
+    tu_server_stop_ok(&s);
+}
+SERVER_TEST(https_wrk)
+#endif
 
 /* ---- examples/connect_pool, goev's pooled client ------------------------------ */
 
